@@ -21,8 +21,8 @@ key                 shape, dtype          meaning
 
 N is the number of objects the env tracks, visible or not; an object with no pixel in
 ``masks`` is occluded or out of view. Masks and depth have the resolution of the frame.
-A gymnasium vector env stacks these per sub-env (object arrays become object-dtype arrays of
-per-env arrays, since N may differ between sub-envs).
+Gymnasium 1.x vector envs cannot stack object arrays whose N differs between sub-envs;
+``ocrl collect`` therefore passes each sub-env's ground truth through its vector env whole.
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""The ``ocrl`` command line: success, and one-line errors with a non-zero status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ocrl.data.collect
+from ocrl.cli import main
+from ocrl.data.store import RolloutStore
+from ocrl.errors import CollectionInterrupted
+
+SMALL = ["--env", "ocrl/ObjectGoal-v0", "--env-kwargs", '{"resolution": 16}', "--num-envs", "2"]
+
+
+def snapshot(path: Path) -> dict[str, bytes | None]:
+    """Every entry under ``path`` with its bytes (None for directories)."""
+    return {str(entry.relative_to(path)): entry.read_bytes() if entry.is_file() else None for entry in sorted(path.rglob("*"))}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert status == 2
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ocrl collect: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_collect_succeeds(tmp_path, capsys):
+    status, out, _ = run(capsys, "collect", *SMALL, "--episodes", "2", "--out", str(tmp_path / "store"))
+    assert status == 0
+    assert "2 episodes" in out
+    assert len(RolloutStore.open(tmp_path / "store")) == 2
+
+
+def test_unknown_env_id(tmp_path, capsys):
+    status, _, err = run(capsys, "collect", "--env", "NoSuchEnv-v0", "--episodes", "2", "--out", str(tmp_path / "store"))
+    assert_one_line_error(status, err, "NoSuchEnv-v0")
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (["--episodes", "0"], "--episodes"),
+        (["--episodes", "many"], "--episodes"),
+        (["--episodes", "2", "--num-envs", "-1"], "--num-envs"),
+        (["--episodes", "2", "--seed", "-1"], "--seed"),
+        (["--episodes", "2", "--env-kwargs", "{bad json"], "--env-kwargs"),
+        (["--episodes", "2", "--env-kwargs", "[16]"], "JSON object"),
+        (["--episodes", "2", "--env-kwargs", '{"resolution": 2}'], "resolution"),
+        (["--episodes", "2", "--env-kwargs", '{"no_such_option": 1}'], "no_such_option"),
+        (["--episodes", "2", "--policy", "missing.zip"], "missing.zip"),
+        (["--episodes", "2", "--frobnicate"], "--frobnicate"),
+    ],
+)
+def test_bad_arguments(tmp_path, capsys, arguments, fragment):
+    status, _, err = run(capsys, "collect", "--env", "ocrl/ObjectGoal-v0", "--out", str(tmp_path / "store"), *arguments)
+    assert_one_line_error(status, err, fragment)
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_required_argument(capsys):
+    status, _, err = run(capsys, "collect", "--env", "ocrl/ObjectGoal-v0", "--episodes", "2")
+    assert_one_line_error(status, err, "--out")
+
+
+def test_existing_non_dataset_directory_is_left_untouched(tmp_path, capsys):
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "chapter1.tex").write_text("precious")
+    (tmp_path / "thesis" / "figures").mkdir()
+    (tmp_path / "thesis" / "figures" / "plot.png").write_bytes(b"\x89PNG")
+    before = snapshot(tmp_path / "thesis")
+    status, _, err = run(capsys, "collect", *SMALL, "--episodes", "2", "--out", str(tmp_path / "thesis"))
+    assert_one_line_error(status, err, "not an ocrl rollout store")
+    assert snapshot(tmp_path / "thesis") == before
+
+
+def test_store_of_another_collection_is_left_untouched(tmp_path, capsys):
+    assert run(capsys, "collect", *SMALL, "--episodes", "1", "--out", str(tmp_path))[0] == 0
+    before = snapshot(tmp_path)
+    status, _, err = run(capsys, "collect", *SMALL, "--episodes", "2", "--seed", "5", "--out", str(tmp_path))
+    assert_one_line_error(status, err, "different collection", "seed")
+    assert snapshot(tmp_path) == before
+
+
+def test_interruption_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise CollectionInterrupted(3, str(tmp_path))
+
+    monkeypatch.setattr(ocrl.data.collect, "collect", interrupted)
+    status, _, err = run(capsys, "collect", *SMALL, "--episodes", "5", "--out", str(tmp_path))
+    assert status == 130
+    assert err.strip() == f"interrupted: 3 episodes kept in {tmp_path}; rerun the same command to resume"
+
+
+def test_real_processes(tmp_path):
+    """The installed ``ocrl`` script and ``python -m ocrl``."""
+    script = Path(sys.executable).with_name("ocrl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ocrl"]
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [*command, "collect", *SMALL, "--episodes", "2", "--out", str(tmp_path / "store")],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(RolloutStore.open(tmp_path / "store")) == 2
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ocrl", "collect", "--env", "NoSuchEnv-v0", "--episodes", "2", "--out", str(tmp_path / "other")],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )
+    assert_one_line_error(done.returncode, done.stderr, "NoSuchEnv-v0")

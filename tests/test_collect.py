@@ -1,0 +1,168 @@
+"""Collecting: resume and append are byte-identical to one run, render frames, SB3 policies."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ocrl.data.collect import collect
+from ocrl.data.store import MANIFEST_NAME, RolloutStore, RolloutWriter
+from ocrl.errors import CollectionInterrupted, OcrlError
+
+ENV_ID = "ocrl/ObjectGoal-v0"
+ENV_KWARGS = {"resolution": 16}
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    """Every file of a store, by relative path."""
+    return {str(file.relative_to(path)): file.read_bytes() for file in sorted(path.rglob("*")) if file.is_file()}
+
+
+def quick_collect(out: Path, episodes: int, num_envs: int, **kwargs) -> RolloutStore:
+    return collect(ENV_ID, episodes, out, num_envs=num_envs, seed=3, env_kwargs=ENV_KWARGS, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def six_at_once(tmp_path_factory):
+    path = tmp_path_factory.mktemp("once") / "rollouts"
+    quick_collect(path, 6, num_envs=4)
+    return files_of(path)
+
+
+def test_append_equals_one_run_whatever_num_envs(tmp_path, six_at_once):
+    quick_collect(tmp_path, 3, num_envs=2)
+    assert len(RolloutStore.open(tmp_path)) == 3
+    store = quick_collect(tmp_path, 6, num_envs=3)
+    assert [record.index for record in store.episodes] == list(range(6))
+    assert files_of(tmp_path) == six_at_once
+
+
+def test_rerun_with_fewer_episodes_keeps_the_store(tmp_path):
+    quick_collect(tmp_path, 3, num_envs=2)
+    before = files_of(tmp_path)
+    assert len(quick_collect(tmp_path, 2, num_envs=2)) == 3
+    assert files_of(tmp_path) == before
+
+
+def test_interrupted_collection_keeps_finished_episodes_and_resumes(tmp_path, monkeypatch, six_at_once):
+    add = RolloutWriter.add
+
+    def add_then_interrupt(writer, *args, **kwargs):
+        if len(writer) == 2:
+            raise KeyboardInterrupt
+        return add(writer, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutWriter, "add", add_then_interrupt)
+    with pytest.raises(CollectionInterrupted) as interruption:
+        quick_collect(tmp_path, 6, num_envs=4)
+    assert interruption.value.episodes_kept == 2
+    assert "rerun the same command to resume" in str(interruption.value)
+    assert len(RolloutStore.open(tmp_path)) == 2
+    monkeypatch.setattr(RolloutWriter, "add", add)
+    quick_collect(tmp_path, 6, num_envs=4)
+    assert files_of(tmp_path) == six_at_once
+
+
+def test_async_vector_env_writes_the_same_files(tmp_path, six_at_once):
+    quick_collect(tmp_path, 6, num_envs=2, asynchronous=True)
+    assert files_of(tmp_path) == six_at_once
+
+
+def test_object_counts_may_differ_between_sub_envs(tmp_path):
+    """A gymnasium vector env cannot stack such ground truth; collect passes it through."""
+    store = collect(ENV_ID, 4, tmp_path, num_envs=4, env_kwargs={**ENV_KWARGS, "num_objects": [1, 4]}, progress=False)
+    counts = {int(store.episode(i).ground_truth(0, 1)["object_count"][0]) for i in range(4)}
+    assert len(counts) > 1
+
+
+def test_non_image_env_stores_render_frames(tmp_path):
+    store = collect("CartPole-v1", 2, tmp_path, num_envs=2, progress=False)
+    assert store.header["frame_source"] == "render"
+    assert store.frame_shape == (400, 600, 3)
+    assert store.ground_truth_keys == ()
+    frames = store.episode(0).frames(0, 2)
+    assert frames.shape == (2, 400, 600, 3) and frames.std() > 0
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    with pytest.raises(OcrlError, match="NoSuchEnv-v0"):
+        collect("NoSuchEnv-v0", 2, tmp_path / "a", progress=False)
+    with pytest.raises(OcrlError, match="resolution"):
+        collect(ENV_ID, 2, tmp_path / "b", env_kwargs={"resolution": 2}, progress=False)
+    with pytest.raises(OcrlError, match="episodes"):
+        collect(ENV_ID, 0, tmp_path / "c", progress=False)
+    with pytest.raises(OcrlError, match="JSON"):
+        collect(ENV_ID, 1, tmp_path / "d", env_kwargs={"resolution": object()}, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Stable-Baselines3 policies ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cartpole_ppo(tmp_path_factory) -> Path:
+    """A tiny PPO MlpPolicy trained for a few hundred steps on CartPole, saved as SB3 does."""
+    from stable_baselines3 import PPO
+
+    path = tmp_path_factory.mktemp("sb3") / "ppo_cartpole.zip"
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0)
+    model.learn(256)
+    model.save(path)
+    return path
+
+
+def test_sb3_policy_acts_like_sb3_itself(tmp_path, cartpole_ppo):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    store = collect("CartPole-v1", 2, tmp_path, policy=cartpole_ppo, num_envs=2, deterministic=True, progress=False)
+    assert store.header["policy"]["kind"] == "sb3"
+    assert store.header["policy"]["policy_class"].endswith("ActorCriticPolicy")
+    model = PPO.load(cartpole_ppo)  # our own test file: unpickling it here is fine
+    env = gym.make("CartPole-v1")
+    for position in range(len(store)):
+        episode = store.episode(position)
+        observation, _ = env.reset(seed=episode.seed)
+        for action in episode.actions:
+            expected, _ = model.predict(observation, deterministic=True)
+            assert action == expected
+            observation, *_ = env.step(action)
+
+
+def test_sb3_policy_for_another_observation_space_is_refused(tmp_path, cartpole_ppo):
+    with pytest.raises(OcrlError, match="observation space"):
+        collect(ENV_ID, 2, tmp_path / "out", policy=cartpole_ppo, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sb3_zip_that_needs_unpickling_is_refused(tmp_path):
+    import torch
+    from stable_baselines3 import PPO
+
+    path = tmp_path / "tanh.zip"
+    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, policy_kwargs={"activation_fn": torch.nn.Tanh}).save(path)
+    with pytest.raises(OcrlError, match="unpickl"):
+        collect("CartPole-v1", 1, tmp_path / "out", policy=path, progress=False)
+
+
+def test_not_an_sb3_zip_is_refused(tmp_path):
+    path = tmp_path / "policy.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("data", "{}")
+    with pytest.raises(OcrlError, match="not a Stable-Baselines3 zip"):
+        collect("CartPole-v1", 1, tmp_path / "out", policy=path, progress=False)
+    with pytest.raises(OcrlError, match="does not exist"):
+        collect("CartPole-v1", 1, tmp_path / "out", policy=tmp_path / "missing.zip", progress=False)
+
+
+def test_manifest_records_the_collection(tmp_path):
+    store = quick_collect(tmp_path, 2, num_envs=2)
+    assert (tmp_path / MANIFEST_NAME).is_file()
+    assert store.header["env_id"] == ENV_ID
+    assert store.header["env_kwargs"] == ENV_KWARGS
+    assert store.header["action_space"] == {"type": "Discrete", "n": 4, "start": 0}
+    assert store.frame_shape == (16, 16, 3)
+    assert np.all([record.seed == 3 + record.index for record in store.episodes])
