@@ -154,7 +154,7 @@ class SpriteTaskEnv(gym.Env):
     def _sprite(self, colour: str, shape: str, size: float | None = None, depth: float = 0.5) -> Sprite:
         if size is None:
             size = float(self.np_random.uniform(*self.size_range))
-        return Sprite(0.0, 0.0, size, shape, np.array(COLOURS[colour]), depth)
+        return Sprite(0.0, 0.0, size, str(shape), np.array(COLOURS[str(colour)]), depth)
 
     def _scatter(self, sprites: list[Sprite], gap: float = 0.02) -> None:
         """Place sprites uniformly at random, not touching each other nor leaving the arena."""
