@@ -1,0 +1,45 @@
+"""ocrl: object-centric reinforcement learning.
+
+Frames of any gymnasium env become slot codes (:mod:`ocrl.slots`) through recurrent video
+models (:mod:`ocrl.perception`); SB3 agents learn from them (:mod:`ocrl.agents`); slot world
+models learn their dynamics (:mod:`ocrl.world_models`). Built-in tasks and adapters with exact
+ground truth live in :mod:`ocrl.envs`.
+
+Importing ``ocrl`` stays light: torch and the models load on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+MODELS_DIRECTORY = Path(__file__).parent / "models"
+DEFAULT_MODEL = "smoothsa-moving"
+
+
+def shipped_models() -> list[str]:
+    """Names of the trained perception checkpoints that ship with ocrl."""
+    if not MODELS_DIRECTORY.is_dir():
+        return []
+    return sorted(entry.name for entry in MODELS_DIRECTORY.iterdir() if (entry / "config.json").is_file())
+
+
+def load_perception(name_or_path: str | os.PathLike = DEFAULT_MODEL, device=None):
+    """A perception model in eval mode, from a checkpoint directory or a shipped model's name.
+
+    Raises :class:`ocrl.checkpoint.CheckpointError` (a ValueError naming the path) when the
+    path is not a checkpoint, its config does not match its weights, or a name is neither a
+    path nor shipped (the message lists the shipped names).
+    """
+    from ocrl.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(name_or_path)
+    if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
+        path = MODELS_DIRECTORY / str(name_or_path)
+    elif not path.exists():
+        known = ", ".join(shipped_models()) or "none"
+        raise CheckpointError(f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})")
+    model, _ = load_checkpoint(path, device=device)
+    return model

@@ -110,7 +110,103 @@ def run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [add_collect]
+# --- ocrl pretrain / eval-perception / viz -----------------------------------------------------
+
+
+def add_pretrain(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train a perception model on rollout stores",
+        description="Train a video slot model on clips of rollout stores; rerun the same command to resume.",
+    )
+    parser.add_argument("--data", required=True, nargs="+", type=Path, help="rollout store(s) from 'ocrl collect'")
+    parser.add_argument("--model", default="smoothsa", choices=["slot_attention", "tf_inv", "smoothsa"], help="model family (default smoothsa)")
+    parser.add_argument("--config", default="quick", choices=["quick", "base"], help="quick: minutes on a CPU; base: a GPU run")
+    parser.add_argument("--out", required=True, type=Path, help="checkpoint directory (resumed if it holds this model)")
+    parser.add_argument("--steps", type=_positive_int, help="optimisation steps (default from --config)")
+    parser.add_argument("--slots", type=_positive_int, help="slots per frame (default from --config)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
+    parser.set_defaults(run=run_pretrain, parser=parser)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from ocrl.training import pretrain
+
+    pretrain(args.data, args.out, family=args.model, preset=args.config, num_slots=args.slots, steps=args.steps, device=args.device, tensorboard=args.tensorboard)
+    return 0
+
+
+def add_eval_perception(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval-perception",
+        help="FG-ARI, mIoU and mBO of a perception model on held-out rollouts",
+        description="Encode held-out episodes online and score the slot masks against ground truth; prints JSON.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory or shipped model name")
+    parser.add_argument("--data", required=True, type=Path, help="rollout store with ground-truth masks")
+    parser.add_argument("--frames", default=24, type=_positive_int, help="frames per video (default 24)")
+    parser.add_argument("--episodes", type=_positive_int, help="at most this many episodes (default all)")
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.set_defaults(run=run_eval_perception, parser=parser)
+
+
+def _load_model(name_or_path: str, device: str | None):
+    import torch
+
+    import ocrl
+
+    return ocrl.load_perception(name_or_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run_eval_perception(args: argparse.Namespace) -> int:
+    from ocrl.data.store import write_atomically
+    from ocrl.evaluation import evaluate_perception
+
+    model = _load_model(args.checkpoint, args.device)
+    result = {"checkpoint": str(args.checkpoint), **evaluate_perception(model, args.data, num_frames=args.frames, max_episodes=args.episodes)}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(args.out, lambda file: file.write(text.encode() + b"\n"))
+    print(text)
+    return 0
+
+
+def add_viz(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "viz",
+        help="pictures of what a perception model sees in an episode",
+        description="Write PREFIX.png (input, reconstruction, segmentation and each slot over time) and PREFIX.gif.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory or shipped model name")
+    parser.add_argument("--data", required=True, type=Path, help="rollout store")
+    parser.add_argument("--episode", default=0, type=_non_negative_int, help="episode position in the store (default 0)")
+    parser.add_argument("--frames", default=12, type=_positive_int, help="frames from the episode start (default 12)")
+    parser.add_argument("--out", required=True, type=Path, help="output prefix: writes PREFIX.png and PREFIX.gif")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.set_defaults(run=run_viz, parser=parser)
+
+
+def run_viz(args: argparse.Namespace) -> int:
+    from ocrl.data.store import RolloutStore
+    from ocrl.evaluation import encode_video, resize_frames
+    from ocrl.viz import save_perception_pictures
+
+    store = RolloutStore.open(args.data)
+    if args.episode >= len(store):
+        raise OcrlError(f"{args.data} has {len(store)} episodes; --episode {args.episode} is out of range")
+    model = _load_model(args.checkpoint, args.device)
+    frames = store.episode(args.episode).frames(0, args.frames)
+    encoded = encode_video(model, frames[None])
+    shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    png, gif = save_perception_pictures(shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), args.out)
+    print(f"wrote {png} and {gif}")
+    return 0
+
+
+COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Pictures a person would rather look at than read: frames next to their instance masks."""
+"""Pictures a person would rather look at than read: frames with their instance masks, and
+what a perception model makes of a video (reconstruction and slot masks over time)."""
 
 from __future__ import annotations
 
@@ -26,22 +27,9 @@ def colour_masks(masks: np.ndarray) -> np.ndarray:
 
 
 def frame_strip(frames: np.ndarray, masks: np.ndarray | None = None, scale: int = 2) -> np.ndarray:
-    """Frames (T, H, W, 3) uint8 in one row, their coloured masks (T, H, W) in a second row.
-
-    Returns (rows * H * scale + gaps, T * W * scale + gaps, 3) uint8 with 2-pixel white gaps.
-    """
-    rows = [list(frames)]
-    if masks is not None:
-        rows.append(list(colour_masks(masks)))
-    gap = 2
-    height, width = frames.shape[1] * scale, frames.shape[2] * scale
-    canvas = np.full((len(rows) * (height + gap) - gap, len(frames) * (width + gap) - gap, 3), 255, np.uint8)
-    for row, images in enumerate(rows):
-        for column, image in enumerate(images):
-            big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
-            top, left = row * (height + gap), column * (width + gap)
-            canvas[top : top + height, left : left + width] = big
-    return canvas
+    """Frames (T, H, W, 3) uint8 in one row, their coloured instance masks (T, H, W) below."""
+    rows = [list(frames)] + ([list(colour_masks(masks))] if masks is not None else [])
+    return grid(rows, scale=scale)
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
@@ -52,3 +40,61 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
         Image.fromarray(image).save(handle, format="PNG")
     os.replace(handle.name, path)
     return path
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images (..., 3, H, W) in [0, 1] to uint8 (..., H, W, 3)."""
+    return np.clip(np.rint(np.moveaxis(np.asarray(images, dtype=np.float32), -3, -1) * 255), 0, 255).astype(np.uint8)
+
+
+def slot_colours(num_slots: int) -> np.ndarray:
+    """(K, 3) uint8: slot k keeps its colour in every frame and picture."""
+    return instance_palette(num_slots + 1)[1:]
+
+
+def slot_panels(frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray) -> list[list[np.ndarray]]:
+    """Rows of (H, W, 3) uint8 images over time: input, reconstruction, segmentation (argmax
+    slot in its colour, blended over the input), then each slot's mask times the input.
+
+    frames uint8 (T, H, W, 3); reconstructions float (T, 3, H, W); masks float (T, K, H, W).
+    """
+    recon = _to_uint8(reconstructions)
+    colours = slot_colours(masks.shape[1])
+    segmentation = colours[masks.argmax(axis=1)]
+    overlay = (0.45 * frames + 0.55 * segmentation).astype(np.uint8)
+    per_slot = (masks[..., None] * frames[:, None]).astype(np.uint8)  # (T, K, H, W, 3)
+    rows = [list(frames), list(recon), list(overlay)]
+    rows += [list(per_slot[:, k]) for k in range(masks.shape[1])]
+    return rows
+
+
+def grid(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Images (rows of equal-size (H, W, 3) uint8) on a white canvas, each scaled up ``scale`` times."""
+    height, width = rows[0][0].shape[0] * scale, rows[0][0].shape[1] * scale
+    columns = max(len(row) for row in rows)
+    canvas = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = r * (height + gap), c * (width + gap)
+            canvas[top : top + height, left : left + width] = np.repeat(np.repeat(image, scale, 0), scale, 1)
+    return canvas
+
+
+def save_gif(images: list[np.ndarray], path: str | os.PathLike, frame_ms: int = 150) -> Path:
+    """Write (H, W, 3) uint8 images as a looping GIF, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures = [Image.fromarray(image) for image in images]
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".gif", delete=False) as handle:
+        pictures[0].save(handle, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    os.replace(handle.name, path)
+    return path
+
+
+def save_perception_pictures(frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray, prefix: str | os.PathLike, scale: int = 2) -> tuple[Path, Path]:
+    """PREFIX.png: the grid of :func:`slot_panels` over time; PREFIX.gif: per frame, input |
+    reconstruction | segmentation side by side. Returns both paths."""
+    rows = slot_panels(frames, reconstructions, masks)
+    png = save_png(grid(rows, scale=scale), f"{prefix}.png")
+    gif = save_gif([grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif")
+    return png, gif

@@ -1,0 +1,260 @@
+"""Typed configs of the video slot models, their presets, and their JSON round trip.
+
+A :class:`PerceptionConfig` holds one config per module group (encoder, initializer, aggregator,
+preheater, transitioner, decoder); :func:`ocrl.perception.build_perception` turns it into a model.
+Presets: :func:`perception_config` with a family (:data:`FAMILIES`) and a size (:data:`SIZES`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+FAMILIES = ("slot_attention", "tf_inv", "smoothsa")
+SIZES = ("quick", "small", "base")
+
+
+@dataclass
+class EncoderConfig:
+    """Image to feature tokens.
+
+    kind: ``"cnn"`` (plain strided convolutions, as in Slot Attention) or ``"resnet"`` (a small
+        ResNet with GroupNorm).
+    channels: CNN width; ResNet width of the first stage (later stages double, up to 4x).
+    num_layers: CNN convolutions (at least log2(downsample)).
+    blocks_per_stage: ResNet basic blocks per stage.
+    kernel_size: CNN kernel size.
+    downsample: total stride; None picks ``resolution // 16`` (/4 at 64 px, /8 at 128 px), so
+        the feature grid is 16x16.
+    feature_dim: width of the tokens after positional embedding + LayerNorm + MLP.
+    """
+
+    kind: str = "cnn"
+    channels: int = 32
+    num_layers: int = 4
+    blocks_per_stage: int = 1
+    kernel_size: int = 5
+    downsample: int | None = None
+    feature_dim: int = 64
+
+
+@dataclass
+class InitializerConfig:
+    """First-frame queries.
+
+    kind: ``"gaussian"`` (learned Gaussian, sigma annealed), ``"learned"`` (one learned query per
+        slot), ``"conditional"`` (an MLP from a (K, 4) box or position per slot).
+    per_slot_means: gaussian: one mean per slot (queries become distinct learned queries as sigma
+        anneals to 0) or one shared mean (Locatello et al.; keep sigma, do not anneal it).
+    initial_sigma: gaussian: starting value of the learned sigma, in units of the means'
+        initial scale (D ** -0.5).
+    anneal_steps: gaussian: training steps over which the noise scale falls from 1 to 0 along a
+        cosine; 0 keeps it at 1.
+    hidden_dim: conditional: MLP width.
+    """
+
+    kind: str = "gaussian"
+    per_slot_means: bool = True
+    initial_sigma: float = 1.0
+    anneal_steps: int = 10_000
+    hidden_dim: int = 128
+
+
+@dataclass
+class AggregatorConfig:
+    """Features to slots given queries.
+
+    kind: ``"slot_attention"`` (shared weights over iterations, GRU + MLP) or
+        ``"inverted_attention_transformer"`` (TF-Inv: one set of weights per layer).
+    iterations_first: iterations on an episode's first frame (TF-Inv: layers).
+    iterations_next: iterations on later frames; TF-Inv runs its first ``iterations_next`` layers.
+    num_heads: attention heads (the papers use 1).
+    mlp_hidden_dim: width of the residual MLP.
+    use_gru: TF-Inv only: GRU update instead of the residual one ("TF-Inv w/ GRU").
+    """
+
+    kind: str = "slot_attention"
+    iterations_first: int = 3
+    iterations_next: int = 1
+    num_heads: int = 1
+    mlp_hidden_dim: int = 128
+    use_gru: bool = False
+
+
+@dataclass
+class PreheaterConfig:
+    """SmoothSA query preheater: a transformer decoder block, cross-attention before
+    self-attention, trained by MSE towards the (stop-gradient) slots it precedes.
+
+    detach_features: the preheater reads stop-gradient features, so its loss trains only the
+        preheater and the initializer. The paper sits on a frozen DINO encoder where the
+        question does not arise; with a pixel encoder trained from scratch, letting the x100
+        preheat loss into the encoder lets it make slots easy to predict by making features
+        uninformative (reconstruction then stalls at the mean image).
+    """
+
+    enabled: bool = False
+    num_heads: int = 4
+    mlp_hidden_dim: int = 128
+    loss_weight: float = 100.0
+    detach_features: bool = True
+
+
+@dataclass
+class TransitionerConfig:
+    """Slots of frame t to queries of frame t + 1.
+
+    kind: ``"transformer"`` (pre-LN self-attention + MLP blocks over slots) or ``"identity"``.
+    """
+
+    kind: str = "transformer"
+    num_layers: int = 1
+    num_heads: int = 4
+    mlp_hidden_dim: int = 128
+
+
+@dataclass
+class DecoderConfig:
+    """Spatial broadcast decoder: per-slot RGB, alpha logits (softmax over slots) and depth.
+
+    broadcast_size: side of the grid each slot is broadcast to.
+    hidden_channels: width of its convolutions.
+    num_layers: convolutions after the broadcast (the last ``upsamples`` of them are transposed,
+        doubling the grid); the output is resized bilinearly to the frame resolution.
+    kernel_size: kernel of the stride-1 convolutions (1 makes a per-pixel MLP decoder).
+    predict_depth: add a depth channel (supervised when the data has ground-truth depth).
+    """
+
+    kind: str = "spatial_broadcast"
+    broadcast_size: int = 16
+    hidden_channels: int = 32
+    num_layers: int = 3
+    upsamples: int = 0
+    kernel_size: int = 3
+    predict_depth: bool = True
+
+
+@dataclass
+class PerceptionConfig:
+    """A whole video slot model. ``family`` names the preset it came from (informational)."""
+
+    family: str = "smoothsa"
+    resolution: int = 64
+    num_slots: int = 7
+    slot_dim: int = 64
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    initializer: InitializerConfig = field(default_factory=InitializerConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    preheater: PreheaterConfig = field(default_factory=PreheaterConfig)
+    transitioner: TransitionerConfig = field(default_factory=TransitionerConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    depth_loss_weight: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PerceptionConfig":
+        """Inverse of :meth:`to_dict`; unknown keys or wrong types raise ValueError, missing keys
+        take their defaults (so older config files keep loading)."""
+        return _from_dict(cls, data, "config")
+
+
+def _from_dict(cls, data: Any, where: str):
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {item.name for item in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; {cls.__name__} has {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _convert(hint, value: Any, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"{where} must not be null")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(option, "__name__", str(option)) for option in options)
+    raise ValueError(f"{where} must be {names}, got {value!r}")
+
+
+def perception_config(family: str = "smoothsa", size: str = "small", resolution: int = 64, num_slots: int | None = None) -> PerceptionConfig:
+    """A preset.
+
+    Families:
+
+    - ``"slot_attention"``: SAVi-like video Slot Attention: Gaussian queries, the same 3
+      iterations on every frame, transformer transitioner.
+    - ``"tf_inv"``: the same model with an inverted-attention transformer (3 layers, with GRU
+      updates: the TF-Inv paper found the GRU needed for stable video training) as aggregator.
+    - ``"smoothsa"``: Slot Attention with the SmoothSA query preheater (loss weight 100) and
+      differentiated recurrence: 3 iterations on an episode's first frame, 1 after.
+
+    Sizes: ``"quick"`` (trains in minutes on a CPU: 64-d slots, 32-channel CNN, per-pixel
+    decoder at 32x32), ``"small"`` (the default: 5x5 CNN, 3x3 decoder at 16x16),
+    ``"base"`` (for a GPU: 128-d slots, ResNet encoder, decoder at 1/2 resolution).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown perception family {family!r}; known: {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown perception size {size!r}; known: {', '.join(SIZES)}")
+    if size == "quick":
+        config = PerceptionConfig(
+            slot_dim=64,
+            encoder=EncoderConfig(kind="cnn", channels=32, num_layers=4, kernel_size=5, feature_dim=64),
+            initializer=InitializerConfig(anneal_steps=2_000),
+            aggregator=AggregatorConfig(mlp_hidden_dim=128),
+            decoder=DecoderConfig(broadcast_size=32, hidden_channels=32, num_layers=3, kernel_size=1),
+        )
+    elif size == "small":
+        config = PerceptionConfig(
+            slot_dim=64,
+            encoder=EncoderConfig(kind="cnn", channels=32, num_layers=4, kernel_size=5, feature_dim=64),
+            initializer=InitializerConfig(anneal_steps=10_000),
+            aggregator=AggregatorConfig(mlp_hidden_dim=128),
+            decoder=DecoderConfig(broadcast_size=16, hidden_channels=32, num_layers=3, kernel_size=3),
+        )
+    else:
+        config = PerceptionConfig(
+            num_slots=11,
+            slot_dim=128,
+            encoder=EncoderConfig(kind="resnet", channels=32, blocks_per_stage=2, feature_dim=128),
+            initializer=InitializerConfig(anneal_steps=50_000),
+            aggregator=AggregatorConfig(mlp_hidden_dim=256),
+            preheater=PreheaterConfig(mlp_hidden_dim=256),
+            transitioner=TransitionerConfig(mlp_hidden_dim=256),
+            decoder=DecoderConfig(broadcast_size=max(8, resolution // 8), hidden_channels=64, num_layers=4, upsamples=2, kernel_size=5),
+        )
+    config.family = family
+    config.resolution = resolution
+    if num_slots is not None:
+        config.num_slots = num_slots
+    if family == "slot_attention":
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "slot_attention", 3, 3
+    elif family == "tf_inv":
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "inverted_attention_transformer", 3, 3
+        config.aggregator.use_gru = True
+    else:
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "slot_attention", 3, 1
+        config.preheater.enabled = True
+    return config

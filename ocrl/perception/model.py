@@ -1,0 +1,304 @@
+"""The video slot model: where a frame becomes slots.
+
+Per frame: encoder -> features; queries -> aggregator -> slots; decoder -> image (training, or
+when masks are asked for). Queries come from the initializer on an episode's first frame
+(through the SmoothSA preheater when there is one) and from the transitioner, applied to the
+previous frame's slots, afterwards. First frames get ``iterations_first`` aggregator
+iterations, later frames ``iterations_next`` (SmoothSA: 3 and 1, the same shared weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ocrl.perception.decoders import DecoderOutput
+from ocrl.slots import SlotCodes, codes_from_masks
+
+
+@dataclass
+class PerceptionState:
+    """Recurrent state of a batch of streams.
+
+    slots: (B, K, D) slots of each stream's last frame, on the model's device.
+    started: (B,) bool on the CPU: whether the stream has had a frame since :meth:`init_state`
+        (kept on the CPU because it decides control flow, and reading a GPU flag would sync).
+    """
+
+    slots: torch.Tensor
+    started: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.slots.shape[0]
+
+
+@dataclass
+class ClipOutput:
+    """What :meth:`VideoSlotModel.forward` returns for a clip of B videos of T frames.
+
+    reconstructions (B, T, 3, H, W), masks (B, T, K, H, W), slots (B, T, K, D), attention
+    (B, T, K, h, w) on the feature grid, position (B, T, K, 4) and presence (B, T, K) from the
+    decoded masks, depth_map (B, T, H, W) (None while the model has never been trained with
+    ground-truth depth and none is given); ``losses`` holds each loss unweighted
+    (``reconstruction``; ``preheat`` for SmoothSA; ``depth`` and ``depth_readout`` when
+    ground-truth depth is given) and ``loss`` their weighted sum, the one to minimise.
+    """
+
+    reconstructions: torch.Tensor
+    masks: torch.Tensor
+    slots: torch.Tensor
+    attention: torch.Tensor
+    position: torch.Tensor
+    presence: torch.Tensor
+    depth_map: torch.Tensor | None
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: torch.Tensor | None = None
+
+
+def prepare_frames(frames: Any, resolution: int, device: torch.device, leading_dims: int = 1) -> torch.Tensor:
+    """Check and convert frames to float32 (*leading, 3, H, W) in [0, 1] on ``device``.
+
+    Accepts uint8 (*leading, H, W, 3), as envs render them, or float (*leading, 3, H, W) in
+    [0, 1]; numpy arrays or tensors. Raises ValueError naming what is wrong otherwise.
+    """
+    leading = "B" if leading_dims == 1 else "B, T"
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    elif not isinstance(frames, torch.Tensor):
+        raise ValueError(f"frames must be a numpy array or a torch tensor, got {type(frames).__name__}")
+    shape = tuple(frames.shape)
+    if frames.dtype == torch.uint8:
+        if frames.dim() != leading_dims + 3 or shape[-1] != 3:
+            hint = " (channels-first? uint8 frames are channels-last, as envs render them)" if frames.dim() == leading_dims + 3 and shape[leading_dims] == 3 else ""
+            raise ValueError(f"uint8 frames must be ({leading}, H, W, 3) RGB, got shape {shape}{hint}")
+        frames = frames.to(device, non_blocking=True).movedim(-1, -3).float().div_(255)
+    elif frames.is_floating_point():
+        if frames.dim() != leading_dims + 3 or shape[leading_dims] != 3:
+            hint = " (channels-last? float frames are channels-first)" if frames.dim() == leading_dims + 3 and shape[-1] == 3 else ""
+            raise ValueError(f"float frames must be ({leading}, 3, H, W) RGB in [0, 1], got shape {shape}{hint}")
+        frames = frames.to(device, torch.float32, non_blocking=True)
+        # one reduction covers NaN (comparisons with NaN are false), inf and the range
+        if not bool(((frames >= 0) & (frames <= 1)).all()):
+            if bool(torch.isnan(frames).any()):
+                raise ValueError("frames contain NaN")
+            raise ValueError(f"float frames must lie in [0, 1], got values in [{frames.min().item():.4g}, {frames.max().item():.4g}] (divide uint8 by 255, or pass uint8)")
+    else:
+        raise ValueError(f"frames must be uint8 ({leading}, H, W, 3) or float ({leading}, 3, H, W), got dtype {frames.dtype}")
+    if frames.shape[-2:] != (resolution, resolution):
+        raise ValueError(f"the model takes {resolution}x{resolution} frames, got {frames.shape[-2]}x{frames.shape[-1]} (height x width); resize them first")
+    return frames
+
+
+def _first_mask(is_first: Any, state: PerceptionState) -> torch.Tensor:
+    """(B,) CPU bool: which streams start an episode (asked, or never started)."""
+    batch = state.batch_size
+    if is_first is None:
+        first = torch.zeros(batch, dtype=torch.bool)
+    else:
+        first = torch.as_tensor(np.asarray(is_first.detach().cpu() if isinstance(is_first, torch.Tensor) else is_first), dtype=torch.bool)
+        if first.dim() == 0:
+            first = first.expand(batch)
+        if tuple(first.shape) != (batch,):
+            raise ValueError(f"is_first must be a bool or have shape ({batch},) like the batch, got {tuple(first.shape)}")
+    return first | ~state.started
+
+
+class VideoSlotModel(nn.Module):
+    """A recurrent video slot model built from its parts (see :func:`ocrl.perception.build_perception`).
+
+    Parts (already built): ``encoder`` frames (B, 3, H, W) -> features (B, N, F);
+    ``initializer`` (batch_size, conditions) -> queries (B, K, D); ``aggregator`` (queries,
+    features, num_iterations) -> slots (B, K, D), attention (B, K, N); ``transitioner`` slots ->
+    next queries; ``decoder`` slots -> :class:`DecoderOutput`; optional ``preheater`` (queries,
+    features) -> queries (SmoothSA).
+
+    Online use: ``state = model.init_state(B)``, then per env step
+    ``codes, state = model.step(frames, state, is_first)``. Without ``return_masks`` the decoder
+    does not run: x, y, size and presence come from the aggregator's last attention map on the
+    feature grid (h, w = resolution / downsample), which is cheap, and depth from the decoder's
+    linear depth readout. With ``return_masks=True`` they come from the decoded alpha masks at
+    full resolution (sharper, slower). Use one mode consistently for an agent. Depth is
+    :data:`~ocrl.slots.UNKNOWN_DEPTH` until the model has been trained with ground-truth depth.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        initializer: nn.Module,
+        aggregator: nn.Module,
+        transitioner: nn.Module,
+        decoder: nn.Module,
+        *,
+        num_slots: int,
+        slot_dim: int,
+        resolution: int,
+        iterations_first: int = 3,
+        iterations_next: int = 1,
+        preheater: nn.Module | None = None,
+        preheat_loss_weight: float = 100.0,
+        depth_loss_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.initializer = initializer
+        self.preheater = preheater
+        self.aggregator = aggregator
+        self.transitioner = transitioner
+        self.decoder = decoder
+        self.num_slots = num_slots
+        self.slot_dim = slot_dim
+        self.resolution = resolution
+        self.iterations_first = iterations_first
+        self.iterations_next = iterations_next
+        self.preheat_loss_weight = preheat_loss_weight
+        self.depth_loss_weight = depth_loss_weight
+        # Set once training has seen ground-truth depth; until then the depth head is untrained
+        # and codes report UNKNOWN_DEPTH instead of its arbitrary output. Saved with the weights.
+        self.register_buffer("depth_supervised", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def set_step(self, step: int) -> None:
+        """Tell schedules (the Gaussian initializer's noise annealing) the training step."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_step"):
+                module.set_step(step)
+
+    def init_state(self, batch_size: int) -> PerceptionState:
+        """A state for ``batch_size`` streams that have not started: their next frame is a first frame."""
+        return PerceptionState(
+            slots=torch.zeros(batch_size, self.num_slots, self.slot_dim, device=self.device),
+            started=torch.zeros(batch_size, dtype=torch.bool),
+        )
+
+    def first_frame(self, features: torch.Tensor, conditions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """features (B, N, F) of episodes' first frames -> slots (B, K, D), attention (B, K, N),
+        preheated queries (B, K, D) or None."""
+        queries = self.initializer(features.shape[0], conditions)
+        preheated = None
+        if self.preheater is not None:
+            preheated = self.preheater(queries, features)
+            # SmoothSA Eq. 17: the aggregator starts from the stop-gradient preheated queries
+            queries = preheated.detach()
+        slots, attention = self.aggregator(queries, features, self.iterations_first)
+        return slots, attention, preheated
+
+    def next_frame(self, features: torch.Tensor, previous_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, N, F), previous frame's slots (B, K, D) -> slots (B, K, D), attention (B, K, N)."""
+        return self.aggregator(self.transitioner(previous_slots), features, self.iterations_next)
+
+    def _attention_maps(self, attention: torch.Tensor) -> torch.Tensor:
+        side = self.encoder.grid_size
+        return rearrange(attention, "... k (h w) -> ... k h w", h=side, w=side)
+
+    @torch.no_grad()
+    def step(self, frames: Any, state: PerceptionState, is_first: Any = None, return_masks: bool = False, conditions: Any = None) -> tuple[SlotCodes, PerceptionState]:
+        """Encode one frame per stream.
+
+        Args:
+            frames: uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1], H = W = ``resolution``.
+            state: from :meth:`init_state` or the previous call.
+            is_first: (B,) bool (or one bool): streams whose episode starts with this frame.
+                They get initializer queries and ``iterations_first`` iterations; the others get
+                transitioned queries and ``iterations_next``. Streams that never started count
+                as first. None: only those.
+            return_masks: also decode, and fill ``masks`` (B, K, H, W) and ``depth_map``.
+            conditions: (B, K, 4) boxes or positions for a conditional initializer.
+
+        Returns:
+            codes (:class:`~ocrl.slots.SlotCodes`, batch dims (B,)) and the new state.
+        Runs without gradients (online use); train with :meth:`forward`.
+        """
+        frames = prepare_frames(frames, self.resolution, self.device)
+        if frames.shape[0] != state.batch_size:
+            raise ValueError(f"got {frames.shape[0]} frames for a state of {state.batch_size} streams")
+        first = _first_mask(is_first, state)
+        if conditions is not None:
+            conditions = torch.as_tensor(conditions, device=self.device)
+        features = self.encoder(frames)
+        if bool(first.all()):
+            slots, attention, _ = self.first_frame(features, conditions)
+        elif not bool(first.any()):
+            slots, attention = self.next_frame(features, state.slots)
+        else:
+            # Mixed batch: run the two paths on their own samples (they differ in queries and
+            # in iteration count) and put the results back in batch order.
+            starting = first.nonzero().squeeze(1).to(self.device)
+            continuing = (~first).nonzero().squeeze(1).to(self.device)
+            first_slots, first_attention, _ = self.first_frame(features[starting], None if conditions is None else conditions[starting])
+            next_slots, next_attention = self.next_frame(features[continuing], state.slots[continuing])
+            slots = first_slots.new_empty(state.slots.shape).index_copy(0, starting, first_slots).index_copy(0, continuing, next_slots)
+            attention = first_attention.new_empty(features.shape[0], *first_attention.shape[1:]).index_copy(0, starting, first_attention).index_copy(0, continuing, next_attention)
+        new_state = PerceptionState(slots=slots, started=torch.ones_like(state.started))
+        depth_known = bool(self.depth_supervised)
+        if return_masks:
+            decoded = self.decoder(slots)
+            position, presence = codes_from_masks(decoded.masks, decoded.slot_depth if depth_known else None)
+            return SlotCodes(slots.float(), position, presence, decoded.masks, decoded.depth_map if depth_known else None), new_state
+        position, presence = codes_from_masks(self._attention_maps(attention))
+        if depth_known and hasattr(self.decoder, "read_depth"):
+            position[..., 3] = self.decoder.read_depth(slots)
+        return SlotCodes(slots.float(), position, presence), new_state
+
+    def decode(self, slots: torch.Tensor) -> DecoderOutput:
+        """slots (B, K, D) -> :class:`DecoderOutput`."""
+        return self.decoder(slots)
+
+    def forward(self, clip: Any, depth: torch.Tensor | None = None, conditions: torch.Tensor | None = None) -> ClipOutput:
+        """Train on clips that each start an episode (their first frame is a first frame).
+
+        Args:
+            clip: uint8 (B, T, H, W, 3) or float (B, T, 3, H, W) in [0, 1].
+            depth: optional ground-truth depth (B, T, H, W), larger is farther, any units; each
+                frame is divided by its maximum to give relative depth (far end 1).
+            conditions: (B, K, 4) for a conditional initializer.
+
+        Gives the same slots, masks and codes as :meth:`step` frame by frame (in eval mode),
+        but batches the encoder and decoder over all frames.
+        """
+        frames = prepare_frames(clip, self.resolution, self.device, leading_dims=2)
+        batch, length = frames.shape[:2]
+        features = rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) n f -> b t n f", b=batch)
+        slots, attention, preheated = self.first_frame(features[:, 0], conditions)
+        all_slots, all_attention = [slots], [attention]
+        for index in range(1, length):
+            slots, attention = self.next_frame(features[:, index], slots)
+            all_slots.append(slots)
+            all_attention.append(attention)
+        slots = torch.stack(all_slots, dim=1)
+        attention = torch.stack(all_attention, dim=1)
+        decoded = self.decoder(rearrange(slots, "b t k d -> (b t) k d"))
+        unflatten = lambda tensor: None if tensor is None else rearrange(tensor, "(b t) ... -> b t ...", b=batch)
+        reconstructions, masks, slot_depth, depth_map = map(unflatten, (decoded.reconstruction, decoded.masks, decoded.slot_depth, decoded.depth_map))
+        if depth is not None and self.training and depth_map is not None:
+            self.depth_supervised.fill_(True)
+        depth_known = depth is not None or bool(self.depth_supervised)
+        position, presence = codes_from_masks(masks.detach(), slot_depth.detach() if depth_known and slot_depth is not None else None)
+
+        losses = {"reconstruction": F.mse_loss(reconstructions, frames)}
+        loss = losses["reconstruction"]
+        if preheated is not None:
+            # SmoothSA Eq. 18: the preheater learns to predict the slots it precedes (self-distillation)
+            losses["preheat"] = F.mse_loss(preheated.float(), all_slots[0].detach().float())
+            loss = loss + self.preheat_loss_weight * losses["preheat"]
+        if depth is not None:
+            if depth_map is None:
+                raise ValueError("ground-truth depth was given but the decoder predicts no depth (decoder.predict_depth=False)")
+            depth = torch.as_tensor(depth, device=self.device, dtype=torch.float32)
+            if tuple(depth.shape) != (batch, length, self.resolution, self.resolution):
+                raise ValueError(f"depth must be (B, T, H, W) = {(batch, length, self.resolution, self.resolution)}, got {tuple(depth.shape)}")
+            relative = depth / depth.flatten(2).amax(dim=-1).clamp_min(1e-6)[..., None, None]
+            losses["depth"] = F.mse_loss(depth_map, relative)
+            # the readout is a probe: it learns from detached slots and does not shape them
+            losses["depth_readout"] = F.mse_loss(self.decoder.read_depth(slots.detach()), position[..., 3])
+            loss = loss + self.depth_loss_weight * (losses["depth"] + losses["depth_readout"])
+        return ClipOutput(reconstructions, masks, slots, self._attention_maps(attention), position, presence, depth_map if depth_known else None, losses, loss)
