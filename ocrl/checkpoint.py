@@ -35,6 +35,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from ocrl.errors import OcrlError
+
 FORMAT = "ocrl-checkpoint"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -45,7 +47,7 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_TENSORS_FILE, TRAINER_FILE, METRICS_FILE)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OcrlError, ValueError):
     """A path is not a loadable checkpoint, or a checkpoint cannot be written; the message names the path."""
 
 

@@ -124,6 +124,7 @@ def add_pretrain(subparsers) -> None:
     parser.add_argument("--config", default="quick", choices=["quick", "base"], help="quick: minutes on a CPU; base: a GPU run")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory (resumed if it holds this model)")
     parser.add_argument("--steps", type=_positive_int, help="optimisation steps (default from --config)")
+    parser.add_argument("--batch-size", type=_positive_int, help="clips per step and process (default from --config)")
     parser.add_argument("--slots", type=_positive_int, help="slots per frame (default from --config)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
@@ -133,7 +134,7 @@ def add_pretrain(subparsers) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from ocrl.training import pretrain
 
-    pretrain(args.data, args.out, family=args.model, preset=args.config, num_slots=args.slots, steps=args.steps, device=args.device, tensorboard=args.tensorboard)
+    pretrain(args.data, args.out, family=args.model, preset=args.config, num_slots=args.slots, steps=args.steps, batch_size=args.batch_size, device=args.device, tensorboard=args.tensorboard)
     return 0
 
 

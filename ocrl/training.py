@@ -123,6 +123,7 @@ def pretrain(
     num_slots: int | None = None,
     resolution: int | None = None,
     steps: int | None = None,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
@@ -137,12 +138,12 @@ def pretrain(
         num_slots: slots per frame; default from the preset.
         resolution: model resolution; default the stores' frame height when frames are square,
             else 64 (frames are resized).
-        steps: overrides the preset's number of optimisation steps.
+        steps, batch_size: override the preset's.
     """
     if preset not in PRESETS:
         raise OcrlError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
     size, training = PRESETS[preset]
-    training = dataclasses.replace(training, steps=steps or training.steps)
+    training = dataclasses.replace(training, steps=steps or training.steps, batch_size=batch_size or training.batch_size)
     stores = [RolloutStore.open(path) for path in (data if isinstance(data, (list, tuple)) else [data])]
     height, width, _ = stores[0].frame_shape
     resolution = resolution or (height if height == width else 64)

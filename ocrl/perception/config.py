@@ -126,6 +126,8 @@ class DecoderConfig:
         doubling the grid); the output is resized bilinearly to the frame resolution.
     kernel_size: kernel of the stride-1 convolutions (1 makes a per-pixel MLP decoder).
     predict_depth: add a depth channel (supervised when the data has ground-truth depth).
+    position_embedding: ``"linear"`` (a linear map of x, y, as in Slot Attention) or
+        ``"learned"`` (a free embedding per grid cell).
     """
 
     kind: str = "spatial_broadcast"
@@ -135,6 +137,7 @@ class DecoderConfig:
     upsamples: int = 0
     kernel_size: int = 3
     predict_depth: bool = True
+    position_embedding: str = "linear"
 
 
 @dataclass

@@ -1,0 +1,117 @@
+"""Perception pretraining, evaluation and pictures, end to end on a tiny store."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as multiprocessing
+
+import ocrl
+from ocrl.checkpoint import CheckpointError, load_checkpoint, load_trainer_state
+from ocrl.cli import main
+from ocrl.data.collect import collect
+from ocrl.errors import OcrlError
+from ocrl.evaluation import evaluate_perception
+from ocrl.training import PRESETS, learning_rate_factor, pretrain
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "moving"
+    return collect("ocrl/MovingObjects-v0", 3, path, env_kwargs={"resolution": 32}, num_envs=3, progress=False)
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = PRESETS["quick"][1]
+    factors = [learning_rate_factor(step, config) for step in range(config.steps)]
+    peak = int(np.argmax(factors))
+    assert peak == config.warmup_steps - 1 and factors[0] < 0.01 and factors[peak] == 1.0
+    assert np.all(np.diff(factors[peak:]) <= 0) and factors[-1] == pytest.approx(config.final_learning_rate_fraction, abs=1e-3)
+
+
+def test_pretrain_writes_a_checkpoint_and_resumes(store, tmp_path):
+    out = tmp_path / "model"
+    pretrain(store.path, out, family="smoothsa", steps=2, batch_size=2, progress=False)
+    assert load_trainer_state(out)["step"] == 2
+    first, _ = load_checkpoint(out)
+    pretrain(store.path, out, family="smoothsa", steps=3, batch_size=2, progress=False)
+    state = load_trainer_state(out)
+    assert state["step"] == 3 and len(state["loss_history"]) == 3
+    resumed, config = load_checkpoint(out)
+    assert config.resolution == 32 and config.family == "smoothsa"
+    changed = [not torch.equal(a, b) for a, b in zip(first.state_dict().values(), resumed.state_dict().values())]
+    assert any(changed)
+    with pytest.raises(OcrlError, match="another model config"):
+        pretrain(store.path, out, family="tf_inv", steps=3, batch_size=2, progress=False)
+
+
+def test_an_interrupted_run_keeps_its_last_step(store, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    original = torch.optim.AdamW.step
+    calls = {"count": 0}
+
+    def step_then_interrupt(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(store.path, out, family="slot_attention", steps=5, batch_size=2, progress=False)
+    assert load_trainer_state(out)["step"] == 2
+
+
+def test_evaluation_scores_lie_in_range_and_pictures_are_written(store, tmp_path, capsys):
+    out = tmp_path / "model"
+    pretrain(store.path, out, family="tf_inv", steps=1, batch_size=2, progress=False)
+    model = ocrl.load_perception(out)
+    result = evaluate_perception(model, store, num_frames=5, progress=False)
+    assert result["videos"] == 3 and result["frames_per_video"] == 5
+    for name in ("fg_ari", "fg_ari_frame", "miou", "mbo"):
+        assert -1.0 <= result[name] <= 1.0
+    assert main(["eval-perception", str(out), "--data", str(store.path), "--frames", "4", "--out", str(tmp_path / "scores.json")]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["frames_per_video"] == 4
+    assert main(["viz", str(out), "--data", str(store.path), "--frames", "3", "--out", str(tmp_path / "pictures" / "episode")]) == 0
+    assert (tmp_path / "pictures" / "episode.png").stat().st_size > 0
+    assert (tmp_path / "pictures" / "episode.gif").stat().st_size > 0
+
+
+def test_user_errors_print_one_line(store, tmp_path, capsys):
+    not_a_checkpoint = tmp_path / "empty"
+    not_a_checkpoint.mkdir()
+    for argv in (
+        ["eval-perception", str(not_a_checkpoint), "--data", str(store.path)],
+        ["eval-perception", "no-such-model", "--data", str(store.path)],
+        ["pretrain", "--data", str(not_a_checkpoint), "--out", str(tmp_path / "model")],
+        ["pretrain", "--data", str(store.path), "--config", "huge", "--out", str(tmp_path / "model")],
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and "error" in error
+    with pytest.raises(CheckpointError, match="no perception model"):
+        ocrl.load_perception("no-such-model")
+
+
+def _free_port() -> int:
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        return handle.getsockname()[1]
+
+
+def _distributed_worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    pretrain(data, out, family="slot_attention", steps=2, batch_size=1, device="cpu", progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_training_with_two_gloo_processes(store, tmp_path):
+    out = tmp_path / "model"
+    multiprocessing.spawn(_distributed_worker, args=(2, _free_port(), str(store.path), str(out)), nprocs=2, join=True)
+    assert load_trainer_state(out)["step"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
