@@ -112,7 +112,7 @@ def test_presets_and_config_round_trip():
             assert PerceptionConfig.from_dict(data) == config
     smooth = perception_config("smoothsa")
     assert (smooth.aggregator.iterations_first, smooth.aggregator.iterations_next) == (3, 1)
-    assert smooth.preheater.enabled and smooth.preheater.loss_weight == 100
+    assert smooth.preheater.enabled and smooth.preheater.detach_features
     plain = perception_config("slot_attention")
     assert plain.aggregator.iterations_first == plain.aggregator.iterations_next and not plain.preheater.enabled
     assert perception_config("tf_inv").aggregator.kind == "inverted_attention_transformer"
@@ -295,8 +295,12 @@ def test_self_distilled_heads_learn_their_targets():
 
 
 def test_preheater_gets_only_its_own_loss_and_aggregator_starts_from_stopped_queries():
-    model = tiny_model("smoothsa")
+    config = tiny_config("smoothsa")
+    config.preheater.loss_weight = 100.0
+    torch.manual_seed(0)
+    model = build_perception(config)
     output = model(square_clip(2, 2))
+    assert output.loss.item() == pytest.approx(output.losses["reconstruction"].item() + 100 * output.losses["preheat"].item(), rel=1e-5)
     output.losses["reconstruction"].backward()
     # Eq. 17: no reconstruction gradient reaches the preheater or the (cold-start) initializer
     assert all(parameter.grad is None or not parameter.grad.any() for parameter in model.preheater.parameters())
@@ -304,7 +308,9 @@ def test_preheater_gets_only_its_own_loss_and_aggregator_starts_from_stopped_que
     model.zero_grad()
     model(square_clip(2, 2)).losses["preheat"].backward()
     assert any(parameter.grad is not None and parameter.grad.any() for parameter in model.preheater.parameters())
-    assert all(parameter.grad is None or not parameter.grad.any() for parameter in model.aggregator.parameters())
+    # stop-gradient features: the preheat loss trains the preheater and initializer only
+    for part in (model.aggregator, model.encoder, model.decoder, model.transitioner):
+        assert all(parameter.grad is None or not parameter.grad.any() for parameter in part.parameters())
 
 
 def test_sigma_annealing():
@@ -419,3 +425,22 @@ def test_bad_clips_and_depth_give_clear_errors():
         model(np.zeros((2, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match=r"depth must be \(B, T, H, W\)"):
         model(random_clip(2, 2), depth=torch.rand(2, 2, 16, 16))
+    assert not bool(model.depth_supervised)
+    config = tiny_config()
+    config.decoder.predict_depth = False
+    with pytest.raises(ValueError, match="decoder predicts no depth"):
+        build_perception(config)(random_clip(2, 2), depth=torch.rand(2, 2, 32, 32))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_runs_under_bfloat16_autocast(family):
+    # users train on GPUs with AMP; CPU autocast exercises the same casts
+    model = tiny_model(family)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(random_clip(2, 2), depth=torch.rand(2, 2, 32, 32))
+        output.loss.backward()
+        state = model.init_state(3)
+        _, state = model.step(random_clip(3, 1)[:, 0], state, True)
+        codes, _ = model.step(random_clip(3, 1)[:, 0], state, [True, False, False], return_masks=True)
+    assert torch.isfinite(output.loss) and codes.position.dtype == torch.float32
+    assert all(torch.isfinite(parameter.grad).all() for parameter in model.parameters() if parameter.grad is not None)

@@ -7,8 +7,33 @@ Build one from a preset::
     state = model.init_state(num_envs)
     codes, state = model.step(frames, state, is_first)   # frames uint8 (B, H, W, 3)
 
-and train it with ``model(clip).loss`` on clips (B, T, H, W, 3). Save and load with
-:mod:`ocrl.checkpoint`.
+and train it with ``model(clip).loss`` on clips (B, T, H, W, 3) that start episodes, calling
+``model.set_step(step)`` for the initializer's noise schedule. Save and load with
+:mod:`ocrl.checkpoint`. ``python -m ocrl.perception.speed`` measures its speed.
+
+Where a frame becomes slots: :class:`VideoSlotModel` (``model.py``); its parts, one module and
+one ``build_*`` per group: ``encoders`` (CNN or small ResNet, then positional embedding,
+LayerNorm, MLP), ``initializers`` (Gaussian with annealed noise, learned, conditional),
+``aggregators`` (Slot Attention, TF-Inv), ``preheater`` (SmoothSA), ``transitioner``,
+``decoders`` (spatial broadcast with RGB, alpha and depth).
+
+Design notes:
+
+- Families differ only in their configs (:func:`perception_config`): ``slot_attention`` is
+  SAVi-like (the same 3 iterations on every frame), ``tf_inv`` swaps in the inverted-attention
+  transformer of Wu et al. (per-layer weights, pre-LN, softmax over slots + renormalisation;
+  with GRU updates, which the paper found needed for video), ``smoothsa`` adds the SmoothSA
+  preheater (Sec. 3.2: a decoder block with cross- before self-attention, Eq. 17 stop-gradient
+  on its output, Eq. 18 MSE to the stop-gradient slots) and differentiated recurrence
+  (Sec. 3.3: 3 iterations on an episode's first frame, 1 after, shared weights). Our
+  preheater reads stop-gradient features and its loss weight is 1 instead of the paper's 100;
+  both measured, see :class:`PreheaterConfig`.
+- ``step`` mixes episode starts per sample: starting streams get initializer queries and the
+  first-frame iterations, the others transitioned queries and the next-frame iterations; a
+  mixed batch runs both paths on their own samples (no wasted iterations).
+- ``step`` does not decode unless masks are asked for: positions and presence then come from
+  the last attention map (softmax over slots on the feature grid), depth from a linear
+  readout trained to match the decoded depth. This is what makes online encoding cheap.
 """
 
 from ocrl.perception.aggregators import InvertedAttentionTransformer, SlotAttention, build_aggregator

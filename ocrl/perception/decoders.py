@@ -24,18 +24,6 @@ class DecoderOutput:
     depth_map: torch.Tensor | None
 
 
-class LearnedGridEmbedding(nn.Module):
-    """A free (size, size, channels) embedding per grid cell; called on the coordinate grid
-    (ignored) so that it is interchangeable with ``nn.Linear(2, channels)``."""
-
-    def __init__(self, size: int, channels: int):
-        super().__init__()
-        self.embedding = nn.Parameter(torch.randn(size, size, channels) * 0.1)
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self.embedding
-
-
 class SpatialBroadcastDecoder(nn.Module):
     """Spatial broadcast decoder (Watters et al. 2019, as used by Slot Attention).
 
@@ -50,7 +38,7 @@ class SpatialBroadcastDecoder(nn.Module):
     the decoded mask-weighted depth, so that online stepping gets per-slot depth without decoding.
     """
 
-    def __init__(self, slot_dim: int, resolution: int, broadcast_size: int = 16, hidden_channels: int = 32, num_layers: int = 3, upsamples: int = 0, kernel_size: int = 3, predict_depth: bool = True, position_embedding: str = "linear"):
+    def __init__(self, slot_dim: int, resolution: int, broadcast_size: int = 16, hidden_channels: int = 32, num_layers: int = 3, upsamples: int = 0, kernel_size: int = 3, predict_depth: bool = True):
         super().__init__()
         if not 0 <= upsamples <= num_layers:
             raise ValueError(f"upsamples must be in 0..num_layers ({num_layers}), got {upsamples}")
@@ -58,12 +46,7 @@ class SpatialBroadcastDecoder(nn.Module):
         self.broadcast_size = broadcast_size
         self.predict_depth = predict_depth
         self.slot_projection = nn.Linear(slot_dim, hidden_channels)
-        if position_embedding == "linear":
-            self.position_embedding = nn.Linear(2, hidden_channels)
-        elif position_embedding == "learned":
-            self.position_embedding = LearnedGridEmbedding(broadcast_size, hidden_channels)
-        else:
-            raise ValueError(f"unknown decoder position_embedding {position_embedding!r}; known: 'linear', 'learned'")
+        self.position_embedding = nn.Linear(2, hidden_channels)
         self.register_buffer("grid", coordinate_grid(broadcast_size, broadcast_size), persistent=False)
         layers: list[nn.Module] = []
         for index in range(num_layers):
@@ -83,6 +66,7 @@ class SpatialBroadcastDecoder(nn.Module):
         hidden = rearrange(self.slot_projection(slots), "b k c -> (b k) c 1 1") + positions
         output = self.head(self.layers(torch.relu(hidden)))
         if output.shape[-1] != self.resolution:
+            # resize logits, not masks: the softmax after resizing draws edges inside grid cells
             output = F.interpolate(output, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         output = rearrange(output, "(b k) c h w -> b k c h w", b=batch, k=num_slots)
         masks = output[:, :, 3].float().softmax(dim=1)
@@ -103,4 +87,4 @@ class SpatialBroadcastDecoder(nn.Module):
 def build_decoder(config: DecoderConfig, slot_dim: int, resolution: int) -> SpatialBroadcastDecoder:
     if config.kind != "spatial_broadcast":
         raise ValueError(f"unknown decoder kind {config.kind!r}; known: 'spatial_broadcast'")
-    return SpatialBroadcastDecoder(slot_dim, resolution, config.broadcast_size, config.hidden_channels, config.num_layers, config.upsamples, config.kernel_size, config.predict_depth, config.position_embedding)
+    return SpatialBroadcastDecoder(slot_dim, resolution, config.broadcast_size, config.hidden_channels, config.num_layers, config.upsamples, config.kernel_size, config.predict_depth)

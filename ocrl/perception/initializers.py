@@ -33,15 +33,12 @@ class GaussianQueries(nn.Module):
     def __init__(self, num_slots: int, slot_dim: int, per_slot_means: bool = True, initial_sigma: float = 1.0, anneal_steps: int = 0):
         super().__init__()
         self.num_slots = num_slots
+        self.per_slot_means = per_slot_means
         self.anneal_steps = anneal_steps
         self.mean = nn.Parameter(torch.randn(num_slots if per_slot_means else 1, slot_dim) * slot_dim**-0.5)
         self.log_sigma = nn.Parameter(torch.full((1, slot_dim), math.log(initial_sigma * slot_dim**-0.5)))
         # kept in the checkpoint so that a resumed run continues the schedule where it stopped
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-
-    @property
-    def per_slot_means(self) -> bool:
-        return self.mean.shape[0] > 1 or self.num_slots == 1
 
     def set_step(self, step: int) -> None:
         self.step.fill_(int(step))

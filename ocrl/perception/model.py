@@ -142,7 +142,7 @@ class VideoSlotModel(nn.Module):
         iterations_first: int = 3,
         iterations_next: int = 1,
         preheater: nn.Module | None = None,
-        preheat_loss_weight: float = 100.0,
+        preheat_loss_weight: float = 1.0,
         depth_loss_weight: float = 1.0,
     ):
         super().__init__()
@@ -245,8 +245,9 @@ class VideoSlotModel(nn.Module):
             position, presence = codes_from_masks(decoded.masks, decoded.slot_depth if depth_known else None)
             return SlotCodes(slots.float(), position, presence, decoded.masks, decoded.depth_map if depth_known else None), new_state
         position, presence = codes_from_masks(self._attention_maps(attention))
-        if depth_known and hasattr(self.decoder, "read_depth"):
-            position[..., 3] = self.decoder.read_depth(slots)
+        depth = self.decoder.read_depth(slots) if depth_known and hasattr(self.decoder, "read_depth") else None
+        if depth is not None:
+            position[..., 3] = depth
         return SlotCodes(slots.float(), position, presence), new_state
 
     def decode(self, slots: torch.Tensor) -> DecoderOutput:
@@ -267,6 +268,12 @@ class VideoSlotModel(nn.Module):
         """
         frames = prepare_frames(clip, self.resolution, self.device, leading_dims=2)
         batch, length = frames.shape[:2]
+        if depth is not None:
+            depth = torch.as_tensor(depth, device=self.device, dtype=torch.float32)
+            if tuple(depth.shape) != (batch, length, self.resolution, self.resolution):
+                raise ValueError(f"depth must be (B, T, H, W) = {(batch, length, self.resolution, self.resolution)}, got {tuple(depth.shape)}")
+            if not getattr(self.decoder, "predict_depth", False):
+                raise ValueError("ground-truth depth was given but the decoder predicts no depth (decoder.predict_depth=False)")
         features = rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) n f -> b t n f", b=batch)
         slots, attention, preheated = self.first_frame(features[:, 0], conditions)
         all_slots, all_attention = [slots], [attention]
@@ -279,7 +286,7 @@ class VideoSlotModel(nn.Module):
         decoded = self.decoder(rearrange(slots, "b t k d -> (b t) k d"))
         unflatten = lambda tensor: None if tensor is None else rearrange(tensor, "(b t) ... -> b t ...", b=batch)
         reconstructions, masks, slot_depth, depth_map = map(unflatten, (decoded.reconstruction, decoded.masks, decoded.slot_depth, decoded.depth_map))
-        if depth is not None and self.training and depth_map is not None:
+        if depth is not None and self.training:
             self.depth_supervised.fill_(True)
         depth_known = depth is not None or bool(self.depth_supervised)
         position, presence = codes_from_masks(masks.detach(), slot_depth.detach() if depth_known and slot_depth is not None else None)
@@ -291,11 +298,6 @@ class VideoSlotModel(nn.Module):
             losses["preheat"] = F.mse_loss(preheated.float(), all_slots[0].detach().float())
             loss = loss + self.preheat_loss_weight * losses["preheat"]
         if depth is not None:
-            if depth_map is None:
-                raise ValueError("ground-truth depth was given but the decoder predicts no depth (decoder.predict_depth=False)")
-            depth = torch.as_tensor(depth, device=self.device, dtype=torch.float32)
-            if tuple(depth.shape) != (batch, length, self.resolution, self.resolution):
-                raise ValueError(f"depth must be (B, T, H, W) = {(batch, length, self.resolution, self.resolution)}, got {tuple(depth.shape)}")
             relative = depth / depth.flatten(2).amax(dim=-1).clamp_min(1e-6)[..., None, None]
             losses["depth"] = F.mse_loss(depth_map, relative)
             # the readout is a probe: it learns from detached slots and does not shape them

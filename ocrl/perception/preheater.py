@@ -6,8 +6,9 @@ iterations start warm (paper Eq. 16). Unlike a standard decoder block its cross-
 *before* its self-attention: exchanging information among still uninformed queries first is
 meaningless (paper Sec. 3.2 and Table 5). Training (done by the model, see
 :meth:`ocrl.perception.VideoSlotModel.forward`): MSE from the preheated queries to the
-stop-gradient slots (Eq. 18, weight about 100), and the aggregator starts from the
-stop-gradient preheated queries (Eq. 17) so that the two are trained apart.
+stop-gradient slots (Eq. 18), and the aggregator starts from the stop-gradient preheated
+queries (Eq. 17) so that the two are trained apart. Unlike the paper, the features it reads are
+stop-gradient too and the loss weight is 1, not 100 (see :class:`~ocrl.perception.PreheaterConfig`).
 """
 
 from __future__ import annotations
