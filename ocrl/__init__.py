@@ -16,7 +16,6 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 MODELS_DIRECTORY = Path(__file__).parent / "models"
-DEFAULT_MODEL = "smoothsa-moving"
 
 
 def shipped_models() -> list[str]:
@@ -26,7 +25,7 @@ def shipped_models() -> list[str]:
     return sorted(entry.name for entry in MODELS_DIRECTORY.iterdir() if (entry / "config.json").is_file())
 
 
-def load_perception(name_or_path: str | os.PathLike = DEFAULT_MODEL, device=None):
+def load_perception(name_or_path: str | os.PathLike, device=None):
     """A perception model in eval mode, from a checkpoint directory or a shipped model's name.
 
     Raises :class:`ocrl.checkpoint.CheckpointError` (a ValueError naming the path) when the
