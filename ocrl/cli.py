@@ -135,18 +135,23 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """The perception model to load and the rollout store to run it on."""
+    parser.add_argument("checkpoint", help="checkpoint directory or shipped model name")
+    parser.add_argument("--data", required=True, type=Path, help=data_help)
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+
+
 def add_eval_perception(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval-perception",
         help="FG-ARI, mIoU and mBO of a perception model on held-out rollouts",
         description="Encode held-out episodes online and score the slot masks against ground truth; prints JSON.",
     )
-    parser.add_argument("checkpoint", help="checkpoint directory or shipped model name")
-    parser.add_argument("--data", required=True, type=Path, help="rollout store with ground-truth masks")
+    _add_model_arguments(parser, "rollout store with ground-truth masks")
     parser.add_argument("--frames", default=24, type=_positive_int, help="frames per video (default 24)")
     parser.add_argument("--episodes", type=_positive_int, help="at most this many episodes (default all)")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.set_defaults(run=run_eval_perception, parser=parser)
 
 
@@ -178,12 +183,10 @@ def add_viz(subparsers) -> None:
         help="pictures of what a perception model sees in an episode",
         description="Write PREFIX.png (input, reconstruction, segmentation and each slot over time) and PREFIX.gif.",
     )
-    parser.add_argument("checkpoint", help="checkpoint directory or shipped model name")
-    parser.add_argument("--data", required=True, type=Path, help="rollout store")
+    _add_model_arguments(parser, "rollout store")
     parser.add_argument("--episode", default=0, type=_non_negative_int, help="episode position in the store (default 0)")
     parser.add_argument("--frames", default=12, type=_positive_int, help="frames from the episode start (default 12)")
     parser.add_argument("--out", required=True, type=Path, help="output prefix: writes PREFIX.png and PREFIX.gif")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.set_defaults(run=run_viz, parser=parser)
 
 

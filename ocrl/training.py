@@ -19,9 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as distributed
 import torch.nn.functional as F
@@ -184,7 +182,6 @@ def pretrain(
         sampler=sampler,
         num_workers=training.num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported() else nullcontext()
     writer = _tensorboard_writer(tensorboard) if rank == 0 else None
