@@ -224,7 +224,7 @@ def test_clip_forward_equals_stepping(family):
         position, presence = codes_from_masks(output.attention[:, frame])
         assert torch.allclose(codes.position[..., :3], position[..., :3], atol=1e-5)
         assert torch.allclose(codes.presence, presence, atol=1e-5)
-        assert torch.allclose(codes.position[..., 3], model.decoder.read_depth(output.slots[:, frame]))
+        assert torch.allclose(codes.position[..., 3], model.decoder.read_depth(output.slots[:, frame]).clamp(0, 1))
 
 
 def test_depth_is_unknown_until_trained_with_depth():
@@ -277,19 +277,19 @@ def test_losses_decrease_when_overfitting_a_tiny_batch(family):
     model = tiny_model(family, seed=1)
     losses = overfit(model, model.parameters(), ["reconstruction", "depth"])
     assert ("preheat" in losses) == (family == "smoothsa")
-    assert set(losses) >= {"reconstruction", "depth", "depth_readout"}
+    assert set(losses) >= {"reconstruction", "depth"}
     for name in ("reconstruction", "depth"):
         start, end = losses[name]
         assert end < 0.8 * start, f"{name}: {start:.4g} -> {end:.4g}"
 
 
 def test_self_distilled_heads_learn_their_targets():
-    # the preheater and the depth readout chase targets that move while the whole model trains;
+    # the preheater and the depth probe chase targets that move while the whole model trains;
     # with the rest frozen their targets hold still and their losses must fall
     model = tiny_model("smoothsa", seed=1)
     parameters = [*model.preheater.parameters(), *model.initializer.parameters(), *model.decoder.depth_readout.parameters()]
-    losses = overfit(model, parameters, ["preheat", "depth_readout"], lr=3e-3)
-    for name in ("preheat", "depth_readout"):
+    losses = overfit(model, parameters, ["preheat", "depth"], lr=3e-3)
+    for name in ("preheat", "depth"):
         start, end = losses[name]
         assert end < 0.5 * start, f"{name}: {start:.4g} -> {end:.4g}"
 
@@ -311,6 +311,22 @@ def test_preheater_gets_only_its_own_loss_and_aggregator_starts_from_stopped_que
     # stop-gradient features: the preheat loss trains the preheater and initializer only
     for part in (model.aggregator, model.encoder, model.decoder, model.transitioner):
         assert all(parameter.grad is None or not parameter.grad.any() for parameter in part.parameters())
+
+
+def test_depth_is_a_probe_and_gradient_groups_split_by_loss():
+    model = tiny_model("smoothsa", seed=1)
+    clip = square_clip(2, 2)
+    model(clip, depth=torch.rand(2, 2, 32, 32)).losses["depth"].backward()
+    # depth supervision trains the probe only: slots and masks are not shaped by it
+    assert any(parameter.grad is not None and parameter.grad.any() for parameter in model.decoder.depth_readout.parameters())
+    for name, parameter in model.named_parameters():
+        if not name.startswith("decoder.depth_readout."):
+            assert parameter.grad is None or not parameter.grad.any(), name
+    preheat, rest = model.gradient_groups()
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    assert {names[id(p)].split(".")[0] for p in preheat} == {"preheater", "initializer"}
+    assert len(preheat) + len(rest) == len(list(model.parameters())) and not {id(p) for p in preheat} & {id(p) for p in rest}
+    assert len(tiny_model("slot_attention").gradient_groups()) == 1
 
 
 def test_sigma_annealing():

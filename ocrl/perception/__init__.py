@@ -32,8 +32,11 @@ Design notes:
   first-frame iterations, the others transitioned queries and the next-frame iterations; a
   mixed batch runs both paths on their own samples (no wasted iterations).
 - ``step`` does not decode unless masks are asked for: positions and presence then come from
-  the last attention map (softmax over slots on the feature grid), depth from a linear
-  readout trained to match the decoded depth. This is what makes online encoding cheap.
+  the last attention map (softmax over slots on the feature grid), depth from the per-slot
+  depth probe. This is what makes online encoding cheap.
+- Depth is a probe on detached slots, fitted to the ground truth under each slot's mask: fed
+  back into the slots from the first step, it pulled them towards the far background before
+  they had found any object (sprite videos: reconstruction stuck at the mean image).
 """
 
 from ocrl.perception.aggregators import InvertedAttentionTransformer, SlotAttention, build_aggregator

@@ -10,13 +10,14 @@ from einops import rearrange
 from torch import nn
 
 from ocrl.perception.config import DecoderConfig
-from ocrl.perception.layers import coordinate_grid
+from ocrl.perception.layers import MLP, coordinate_grid
 
 
 @dataclass
 class DecoderOutput:
     """reconstruction (B, 3, H, W) in [0, 1] units; masks (B, K, H, W), a softmax over slots;
-    slot_depth (B, K, H, W) and depth_map (B, H, W) in [0, 1] (near 0), or None without a depth head."""
+    slot_depth (B, K) and depth_map (B, H, W), relative depth (near 0, far 1), or None without a
+    depth probe. Both come from the probe and are not clamped; clamp them to [0, 1] to report."""
 
     reconstruction: torch.Tensor
     masks: torch.Tensor
@@ -31,11 +32,14 @@ class SpatialBroadcastDecoder(nn.Module):
     (implemented as ``Linear(slot) + Linear(coordinates)``, equal to a 1x1 convolution of the
     broadcast slot concatenated with coordinates, without materialising the concatenation),
     then convolutions (the last ``upsamples`` transposed, each doubling the grid) give per-slot
-    RGB, an alpha logit and, with ``predict_depth``, a depth channel. The maps are resized
-    bilinearly to ``resolution``; alpha is a softmax over slots and composes the image.
+    RGB and an alpha logit. The maps are resized bilinearly to ``resolution``; alpha is a softmax
+    over slots and composes the image.
 
-    ``depth_readout`` is a linear probe from a slot to its depth, trained by the model to match
-    the decoded mask-weighted depth, so that online stepping gets per-slot depth without decoding.
+    With ``predict_depth``, ``depth_readout`` (a small MLP) reads each slot's relative depth; the
+    depth map is the masks' mixture of it. The model trains it as a probe on detached slots
+    (see :meth:`ocrl.perception.VideoSlotModel.forward`): depth supervision from the start of
+    training pulled the slots towards the far background before they had found any object. Online
+    stepping gets per-slot depth from it without decoding.
     """
 
     def __init__(self, slot_dim: int, resolution: int, broadcast_size: int = 16, hidden_channels: int = 32, num_layers: int = 3, upsamples: int = 0, kernel_size: int = 3, predict_depth: bool = True):
@@ -56,8 +60,8 @@ class SpatialBroadcastDecoder(nn.Module):
                 layers.append(nn.ConvTranspose2d(hidden_channels, hidden_channels, 4, 2, 1))
             layers.append(nn.ReLU(inplace=True))
         self.layers = nn.Sequential(*layers)
-        self.head = nn.Conv2d(hidden_channels, 5 if predict_depth else 4, 1)
-        self.depth_readout = nn.Linear(slot_dim, 1) if predict_depth else None
+        self.head = nn.Conv2d(hidden_channels, 4, 1)
+        self.depth_readout = MLP(slot_dim, hidden_channels, 1) if predict_depth else None
 
     def forward(self, slots: torch.Tensor) -> DecoderOutput:
         """slots (B, K, D) -> :class:`DecoderOutput` at ``resolution``."""
@@ -73,15 +77,15 @@ class SpatialBroadcastDecoder(nn.Module):
         reconstruction = (masks.unsqueeze(2) * output[:, :, :3].float()).sum(dim=1)
         slot_depth = depth_map = None
         if self.predict_depth:
-            slot_depth = torch.sigmoid(output[:, :, 4].float())
-            depth_map = (masks * slot_depth).sum(dim=1)
+            slot_depth = self.read_depth(slots)
+            depth_map = torch.einsum("bkhw,bk->bhw", masks, slot_depth)
         return DecoderOutput(reconstruction, masks, slot_depth, depth_map)
 
     def read_depth(self, slots: torch.Tensor) -> torch.Tensor | None:
-        """slots (B, K, D) -> per-slot relative depth (B, K) from the linear probe, or None."""
+        """slots (B, K, D) -> per-slot relative depth (B, K) from the probe, or None."""
         if self.depth_readout is None:
             return None
-        return torch.sigmoid(self.depth_readout(slots).squeeze(-1).float())
+        return self.depth_readout(slots).squeeze(-1).float()
 
 
 def build_decoder(config: DecoderConfig, slot_dim: int, resolution: int) -> SpatialBroadcastDecoder:

@@ -47,7 +47,7 @@ class ClipOutput:
     (B, T, K, h, w) on the feature grid, position (B, T, K, 4) and presence (B, T, K) from the
     decoded masks, depth_map (B, T, H, W) (None while the model has never been trained with
     ground-truth depth and none is given); ``losses`` holds each loss unweighted
-    (``reconstruction``; ``preheat`` for SmoothSA; ``depth`` and ``depth_readout`` when
+    (``reconstruction``; ``preheat`` for SmoothSA; ``depth``, the depth probe's, when
     ground-truth depth is given) and ``loss`` their weighted sum, the one to minimise.
     """
 
@@ -173,6 +173,20 @@ class VideoSlotModel(nn.Module):
             if module is not self and hasattr(module, "set_step"):
                 module.set_step(step)
 
+    def gradient_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters split by the losses that train them, for clipping each group on its own.
+
+        With a SmoothSA preheater, the preheat loss alone trains the preheater and the
+        initializer (the preheater reads detached features and the aggregator detached
+        queries), and its gradients are far larger than the reconstruction's: clipped together,
+        they would shrink every other module's update.
+        """
+        if self.preheater is None or not self.preheater.detach_features:
+            return [list(self.parameters())]
+        preheat = list(self.preheater.parameters()) + list(self.initializer.parameters())
+        chosen = {id(parameter) for parameter in preheat}
+        return [preheat, [parameter for parameter in self.parameters() if id(parameter) not in chosen]]
+
     def init_state(self, batch_size: int) -> PerceptionState:
         """A state for ``batch_size`` streams that have not started: their next frame is a first frame."""
         return PerceptionState(
@@ -242,13 +256,15 @@ class VideoSlotModel(nn.Module):
         depth_known = bool(self.depth_supervised)
         if return_masks:
             decoded = self.decoder(slots)
-            position, presence = codes_from_masks(decoded.masks, decoded.slot_depth if depth_known else None)
-            return SlotCodes(slots.float(), position, presence, decoded.masks, decoded.depth_map if depth_known else None), new_state
-        position, presence = codes_from_masks(self._attention_maps(attention))
-        depth = self.decoder.read_depth(slots) if depth_known and hasattr(self.decoder, "read_depth") else None
-        if depth is not None:
-            position[..., 3] = depth
-        return SlotCodes(slots.float(), position, presence), new_state
+            position, presence = codes_from_masks(decoded.masks)
+            masks, depth, depth_map = decoded.masks, decoded.slot_depth, decoded.depth_map
+        else:
+            position, presence = codes_from_masks(self._attention_maps(attention))
+            masks, depth, depth_map = None, self.decoder.read_depth(slots) if depth_known else None, None
+        if depth_known and depth is not None:
+            position[..., 3] = depth.clamp(0, 1)
+        depth_map = depth_map.clamp(0, 1) if depth_known and depth_map is not None else None
+        return SlotCodes(slots.float(), position, presence, masks, depth_map), new_state
 
     def decode(self, slots: torch.Tensor) -> DecoderOutput:
         """slots (B, K, D) -> :class:`DecoderOutput`."""
@@ -288,8 +304,10 @@ class VideoSlotModel(nn.Module):
         reconstructions, masks, slot_depth, depth_map = map(unflatten, (decoded.reconstruction, decoded.masks, decoded.slot_depth, decoded.depth_map))
         if depth is not None and self.training:
             self.depth_supervised.fill_(True)
-        depth_known = depth is not None or bool(self.depth_supervised)
-        position, presence = codes_from_masks(masks.detach(), slot_depth.detach() if depth_known and slot_depth is not None else None)
+        depth_known = (depth is not None or bool(self.depth_supervised)) and slot_depth is not None
+        position, presence = codes_from_masks(masks.detach())
+        if depth_known:
+            position[..., 3] = slot_depth.detach().clamp(0, 1)
 
         losses = {"reconstruction": F.mse_loss(reconstructions, frames)}
         loss = losses["reconstruction"]
@@ -299,8 +317,10 @@ class VideoSlotModel(nn.Module):
             loss = loss + self.preheat_loss_weight * losses["preheat"]
         if depth is not None:
             relative = depth / depth.flatten(2).amax(dim=-1).clamp_min(1e-6)[..., None, None]
-            losses["depth"] = F.mse_loss(depth_map, relative)
-            # the readout is a probe: it learns from detached slots and does not shape them
-            losses["depth_readout"] = F.mse_loss(self.decoder.read_depth(slots.detach()), position[..., 3])
-            loss = loss + self.depth_loss_weight * (losses["depth"] + losses["depth_readout"])
-        return ClipOutput(reconstructions, masks, slots, self._attention_maps(attention), position, presence, depth_map if depth_known else None, losses, loss)
+            # A probe: each slot's depth is fitted, from the detached slot, to the ground truth
+            # under its detached mask (minimised by the mask-weighted mean depth), so depth
+            # supervision does not shape the slots or the masks.
+            probe = self.decoder.read_depth(slots.detach())
+            losses["depth"] = (masks.detach() * (probe[..., None, None] - relative[:, :, None]) ** 2).sum(dim=2).mean()
+            loss = loss + self.depth_loss_weight * losses["depth"]
+        return ClipOutput(reconstructions, masks, slots, self._attention_maps(attention), position, presence, depth_map.detach().clamp(0, 1) if depth_known else None, losses, loss)
