@@ -16,6 +16,8 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 MODELS_DIRECTORY = Path(__file__).parent / "models"
+# The shipped model that wrappers use when given none (trained on the built-in tasks).
+DEFAULT_PERCEPTION = "smoothsa-sprites"
 
 
 def shipped_models() -> list[str]:

@@ -224,7 +224,9 @@ def save_checkpoint(
 
     temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+        # cloned: modules shared under several names (SB3's features extractors) share storage,
+        # which safetensors refuses; each name gets its own copy and loads back the same
+        weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
         _write_bytes(temporary / WEIGHTS_FILE, safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]}))
         if trainer_state is not None:
             tensors: dict[str, torch.Tensor] = {}

@@ -207,7 +207,98 @@ def run_viz(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz]
+# --- ocrl train-agent / eval-agent -------------------------------------------------------------
+
+
+def add_train_agent(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-agent",
+        help="train an SB3 agent on slot codes, pixels or ground-truth objects",
+        description="Train an SB3 agent; rerun the same command to resume. Writes an agent checkpoint directory and evaluates it at the end.",
+    )
+    parser.add_argument("--env", required=True, help="env id: ocrl/..., MiniGrid-..., dm_control/..., or any gymnasium id with frames")
+    parser.add_argument("--algo", default="ppo", choices=["ppo", "sac", "dqn"], help="SB3 algorithm (default ppo)")
+    parser.add_argument("--observation", default="slots", choices=["slots", "pixels", "ground-truth"], help="slots (default): codes of --perception; pixels: CnnPolicy baseline; ground-truth: the oracle")
+    parser.add_argument("--perception", help="perception checkpoint or shipped name (default: the shipped default model)")
+    parser.add_argument("--extractor", default="transformer", choices=["transformer", "deepsets"], help="slot-set features extractor (default transformer)")
+    parser.add_argument("--steps", default=100_000, type=_positive_int, help="env steps, all sub-envs together (default 100000)")
+    parser.add_argument("--num-envs", default=8, type=_positive_int, help="sub-envs (default 8)")
+    parser.add_argument("--seed", default=0, type=_non_negative_int, help="seed (default 0)")
+    parser.add_argument("--env-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the env")
+    parser.add_argument("--algo-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the SB3 algorithm")
+    parser.add_argument("--eval-episodes", default=20, type=_positive_int, help="episodes of the final evaluation (default 20)")
+    parser.add_argument("--out", required=True, type=Path, help="agent checkpoint directory (resumed if it holds this agent)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
+    parser.set_defaults(run=run_train_agent, parser=parser)
+
+
+def _user_errors(function: Callable[[], object]):
+    """Run ``function``; a ValueError (bad env kwargs, spaces, frames) is a user error here."""
+    try:
+        return function()
+    except ValueError as error:
+        if isinstance(error, OcrlError):
+            raise
+        raise OcrlError(str(error)) from error
+
+
+def run_train_agent(args: argparse.Namespace) -> int:
+    from ocrl.agents import AgentConfig, train_agent
+
+    def train():
+        config = AgentConfig(
+            env_id=args.env,
+            algo=args.algo,
+            observation=args.observation.replace("-", "_"),
+            perception=None if args.perception is None else _perception_reference(args.perception),
+            extractor=args.extractor,
+            env_kwargs=args.env_kwargs,
+            algo_kwargs=args.algo_kwargs,
+        )
+        return train_agent(config, args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, device=args.device, eval_episodes=args.eval_episodes, tensorboard=args.tensorboard)
+
+    metrics = _user_errors(train)
+    print(json.dumps({"agent": str(args.out), **metrics}, indent=2))
+    return 0
+
+
+def _perception_reference(name_or_path: str) -> str:
+    """A shipped name as it is; a checkpoint path made absolute, so the agent finds it from anywhere."""
+    path = Path(name_or_path)
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def add_eval_agent(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval-agent",
+        help="success rate and return of a trained agent",
+        description="Evaluate an agent checkpoint in its env (seeds apart from training's); prints JSON, optionally writes an episode GIF.",
+    )
+    parser.add_argument("agent", type=Path, help="agent checkpoint directory from 'ocrl train-agent'")
+    parser.add_argument("--episodes", default=20, type=_positive_int, help="episodes (default 20)")
+    parser.add_argument("--seed", default=1_000_000, type=_non_negative_int, help="seed of the first episode (default 1000000)")
+    parser.add_argument("--video", type=Path, help="also write one episode as a GIF (slot masks over the frames for slot agents)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.set_defaults(run=run_eval_agent, parser=parser)
+
+
+def run_eval_agent(args: argparse.Namespace) -> int:
+    from ocrl.agents import evaluate_policy_in_env, load_agent
+    from ocrl.agents.training import record_episode
+
+    def evaluate():
+        policy, config = load_agent(args.agent, device=args.device)
+        result = {"agent": str(args.agent), **evaluate_policy_in_env(policy, config, args.episodes, seed=args.seed, device=args.device)}
+        if args.video:
+            result["video"] = record_episode(policy, config, args.video, seed=args.seed, device=args.device)
+        return result
+
+    print(json.dumps(_user_errors(evaluate), indent=2))
+    return 0
+
+
+COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz, add_train_agent, add_eval_agent]
 
 
 def build_parser() -> argparse.ArgumentParser:

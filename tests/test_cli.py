@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,34 @@ def test_real_processes(tmp_path):
         capture_output=True, text=True, env=environment, timeout=120,
     )
     assert_one_line_error(done.returncode, done.stderr, "NoSuchEnv-v0")
+
+
+def test_train_agent_then_eval_agent_with_video(tmp_path, capsys):
+    agent = tmp_path / "agent"
+    status, out, err = run(capsys, "train-agent", "--env", "ocrl/ObjectGoal-v0", "--observation", "ground-truth", "--steps", "64", "--num-envs", "2", "--algo-kwargs", '{"n_steps": 32, "batch_size": 32, "n_epochs": 1}', "--eval-episodes", "1", "--out", str(agent))
+    assert status == 0, err
+    assert json.loads(out)["episodes"] == 1
+    status, out, err = run(capsys, "eval-agent", str(agent), "--episodes", "2", "--video", str(tmp_path / "episode.gif"))
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["episodes"] == 2 and 0 <= result["success_rate"] <= 1
+    assert (tmp_path / "episode.gif").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "arguments, fragment",
+    [
+        (["--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
+        (["--env", "ocrl/ObjectGoal-v0", "--perception", "no-such-model"], "no perception model 'no-such-model'"),
+        (["--env", "ocrl/ObjectGoalContinuous-v0", "--algo", "dqn", "--observation", "ground-truth"], "dqn cannot train"),
+        (["--env", "ocrl/ObjectGoal-v0", "--observation", "pixels", "--perception", "x"], "only with observation 'slots'"),
+    ],
+)
+def test_train_agent_user_errors_are_one_line(tmp_path, capsys, arguments, fragment):
+    status, _, err = run(capsys, "train-agent", *arguments, "--steps", "10", "--out", str(tmp_path / "agent"))
+    assert status == 2 and fragment in err and err.count("\n") == 1, err
+
+
+def test_eval_agent_of_a_non_agent_is_one_line(tmp_path, capsys, tiny_perception):
+    status, _, err = run(capsys, "eval-agent", tiny_perception)
+    assert status == 2 and "not an agent" in err and err.count("\n") == 1, err

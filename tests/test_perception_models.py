@@ -24,26 +24,7 @@ from ocrl.perception import (
 )
 from ocrl.slots import SlotCodes, codes_from_masks, observation_space, pixel_coordinates
 
-
-def tiny_config(family: str = "smoothsa", resolution: int = 32, encoder: str = "cnn", initializer: str = "gaussian") -> PerceptionConfig:
-    """A preset shrunk to test size: the same structure, a few thousand parameters."""
-    config = perception_config(family, "quick", resolution, num_slots=3)
-    config.slot_dim = 16
-    config.encoder.kind = encoder
-    config.encoder.channels = 8
-    config.encoder.kernel_size = 3
-    config.encoder.feature_dim = 16
-    config.initializer.kind = initializer
-    config.aggregator.mlp_hidden_dim = 32
-    config.preheater.num_heads = 2
-    config.preheater.mlp_hidden_dim = 32
-    config.transitioner.num_heads = 2
-    config.transitioner.mlp_hidden_dim = 32
-    config.decoder.broadcast_size = 8
-    config.decoder.hidden_channels = 8
-    config.decoder.num_layers = 2
-    config.decoder.kernel_size = 3
-    return config
+from conftest import tiny_config
 
 
 def tiny_model(family: str = "smoothsa", seed: int = 0, **kwargs):

@@ -164,10 +164,12 @@ class PerceptionConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "PerceptionConfig":
         """Inverse of :meth:`to_dict`; unknown keys or wrong types raise ValueError, missing keys
         take their defaults (so older config files keep loading)."""
-        return _from_dict(cls, data, "config")
+        return dataclass_from_dict(cls, data, "config")
 
 
-def _from_dict(cls, data: Any, where: str):
+def dataclass_from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from JSON data, checking keys and types (nested dataclasses,
+    bool/int/float/str, optional values, lists and JSON objects); missing keys take defaults."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -183,13 +185,19 @@ def _from_dict(cls, data: Any, where: str):
 
 def _convert(hint, value: Any, where: str):
     if dataclasses.is_dataclass(hint):
-        return _from_dict(hint, value, where)
+        return dataclass_from_dict(hint, value, where)
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
             return None
         raise ValueError(f"{where} must not be null")
     for option in options:
+        origin = typing.get_origin(option) or option
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            item_hint = (typing.get_args(option) or (Any,))[0]
+            return origin(value if item_hint is Any else [_convert(item_hint, item, f"{where}[{index}]") for index, item in enumerate(value)])
+        if origin is dict and isinstance(value, Mapping):
+            return dict(value)
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):

@@ -1,0 +1,309 @@
+"""Train and evaluate SB3 agents on slot codes, pixels, or the ground-truth oracle.
+
+An agent is a checkpoint directory like a perception model's (:mod:`ocrl.checkpoint`):
+``config.json`` holds the :class:`AgentConfig` (env id, algorithm, observation kind and the
+perception model it reads, by shipped name or path), ``model.safetensors`` the SB3 policy's
+weights, ``trainer.*`` the optimizers and the step count, so that rerunning the same command
+resumes, and ``metrics.json`` the last evaluation. Nothing is pickled: SB3's own ``.zip``
+format is, so ``load_agent`` rebuilds the policy from the config and loads the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import DQN, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from tqdm.auto import tqdm
+
+import ocrl.envs
+from ocrl.agents.extractors import SlotSetExtractor
+from ocrl.agents.ground_truth import GroundTruthObservation
+from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
+from ocrl.errors import OcrlError
+from ocrl.perception.config import dataclass_from_dict
+from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "dqn": DQN}
+OBSERVATIONS = ("slots", "pixels", "ground_truth")
+# Defaults that differ from SB3's, per algorithm (SB3's DQN defaults are tuned for Atari).
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"n_steps": 256, "batch_size": 256, "ent_coef": 0.01, "learning_rate": 3e-4},
+    "sac": {"learning_starts": 1_000, "buffer_size": 100_000},
+    "dqn": {"learning_starts": 1_000, "buffer_size": 100_000, "exploration_fraction": 0.2, "target_update_interval": 1_000},
+}
+
+
+@dataclass
+class AgentConfig:
+    """What an agent is: stored in its checkpoint's config.json.
+
+    observation: ``"slots"`` (codes of the ``perception`` model, through
+        :class:`~ocrl.wrappers.ObjectCentricVecEnv`), ``"pixels"`` (SB3's CnnPolicy on the
+        frames) or ``"ground_truth"`` (:class:`~ocrl.agents.GroundTruthObservation`).
+    perception: shipped name or checkpoint path; None: the shipped default (slots only).
+    extractor: ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
+    algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
+    """
+
+    env_id: str = "ocrl/ObjectGoal-v0"
+    algo: str = "ppo"
+    observation: str = "slots"
+    perception: str | None = None
+    keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
+    extractor: str = "transformer"
+    features_dim: int = 128
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; known: {', '.join(ALGORITHMS)}")
+        if self.observation not in OBSERVATIONS:
+            raise ValueError(f"unknown observation {self.observation!r}; known: {', '.join(OBSERVATIONS)}")
+        if self.perception is not None and self.observation != "slots":
+            raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "AgentConfig":
+        return dataclass_from_dict(cls, data, "agent config")
+
+
+def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
+    def make() -> gym.Env:
+        env = ocrl.envs.make(config.env_id, **config.env_kwargs)
+        if config.observation == "ground_truth":
+            env = GroundTruthObservation(env)
+        env = Monitor(env)
+        if seed is not None:
+            env.action_space.seed(seed)
+        return env
+
+    return make
+
+
+def make_vec_env(config: AgentConfig, num_envs: int = 1, seed: int = 0, device: str | torch.device | None = None) -> VecEnv:
+    """The vector env an agent of ``config`` acts in: sub-env i is seeded ``seed + i``."""
+    venv = DummyVecEnv([_make_env(config, seed + index) for index in range(num_envs)])
+    venv.seed(seed)
+    if config.observation == "slots":
+        venv = ObjectCentricVecEnv(venv, model=config.perception, keys=config.keys, device=device)
+    return venv
+
+
+def _algorithm(config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "auto", tensorboard: str | None = None) -> BaseAlgorithm:
+    kwargs = {**ALGORITHM_DEFAULTS[config.algo], **config.algo_kwargs}
+    if config.observation == "pixels":
+        policy = "CnnPolicy"
+    else:
+        policy = "MultiInputPolicy"
+        kwargs["policy_kwargs"] = {
+            **kwargs.get("policy_kwargs", {}),
+            "features_extractor_class": SlotSetExtractor,
+            "features_extractor_kwargs": {"kind": config.extractor, "features_dim": config.features_dim},
+        }
+    if config.algo == "ppo":
+        kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
+    try:
+        return ALGORITHMS[config.algo](policy, venv, seed=seed, device=device, tensorboard_log=tensorboard, verbose=0, **kwargs)
+    except (AssertionError, ValueError, TypeError) as error:
+        raise OcrlError(f"{config.algo} cannot train on {config.env_id} with {config.observation} observations: {error}") from error
+
+
+def build_policy(config: AgentConfig) -> torch.nn.Module:
+    """A fresh SB3 policy for ``config`` (spaces taken from one env); what checkpoints rebuild."""
+    venv = make_vec_env(config, 1, device="cpu")
+    try:
+        return _algorithm(config, venv, device="cpu").policy
+    finally:
+        venv.close()
+
+
+register_model_kind("sb3_agent", AgentConfig, build_policy)
+
+
+def _optimizers(policy: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
+    """Every optimizer in the policy (PPO/DQN: one; SAC: actor and critic), by module name."""
+    return {name or "policy": module.optimizer for name, module in policy.named_modules() if isinstance(getattr(module, "optimizer", None), torch.optim.Optimizer)}
+
+
+class _Progress(BaseCallback):
+    """Progress bar and periodic checkpoints (SB3's own bar needs the ``rich`` package)."""
+
+    def __init__(self, total: int, save: Callable[[], None], every: int, progress: bool):
+        super().__init__()
+        self.bar = tqdm(total=total, unit="step", desc="train agent", disable=not progress)
+        self.save, self.every, self.last_save = save, every, 0
+
+    def _on_training_start(self) -> None:
+        self.bar.update(self.model.num_timesteps - self.bar.n)
+        self.last_save = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.model.num_timesteps - self.bar.n)
+        if self.model.num_timesteps - self.last_save >= self.every:
+            self.save()
+            self.last_save = self.model.num_timesteps
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def train_agent(
+    config: AgentConfig,
+    out: str | os.PathLike,
+    steps: int = 100_000,
+    num_envs: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    checkpoint_every: int = 20_000,
+    eval_episodes: int = 20,
+    tensorboard: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train an agent for ``steps`` env steps (all sub-envs together) into checkpoint ``out``.
+
+    Rerunning with the same config and ``out`` resumes from the last checkpoint (weights,
+    optimizers and step count; a replay buffer is not kept, so SAC/DQN refill theirs). At the
+    end the agent is evaluated on ``eval_episodes`` episodes (seeds from 10**6 on, apart from
+    training seeds) and the scores are returned and stored in metrics.json.
+    """
+    out = Path(out)
+    perception_device = None if device == "auto" else device
+    venv = make_vec_env(config, num_envs, seed, device=perception_device)
+    algorithm = _algorithm(config, venv, seed, device, None if tensorboard is None else str(tensorboard))
+    if (out / CONFIG_FILE).exists():
+        saved, _ = read_checkpoint_config(out)
+        if saved != config:
+            raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
+        trained, _ = load_checkpoint(out)
+        algorithm.policy.load_state_dict(trained.state_dict())
+        state = load_trainer_state(out) or {}
+        for name, optimizer in _optimizers(algorithm.policy).items():
+            if name in state.get("optimizers", {}):
+                optimizer.load_state_dict(state["optimizers"][name])
+        algorithm.num_timesteps = int(state.get("num_timesteps", 0))
+
+    def save(metrics: dict[str, Any] | None = None) -> None:
+        trainer_state = {"num_timesteps": algorithm.num_timesteps, "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(algorithm.policy).items()}}
+        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed})
+
+    remaining = steps - algorithm.num_timesteps
+    callback = _Progress(steps, save, checkpoint_every, progress)
+    try:
+        if remaining > 0:
+            algorithm.learn(remaining, callback=callback, reset_num_timesteps=False)
+    except KeyboardInterrupt:
+        save()
+        raise
+    finally:
+        venv.close()
+    metrics = evaluate_policy_in_env(algorithm.policy, config, eval_episodes, device=perception_device, progress=progress)
+    save({**metrics, "num_timesteps": algorithm.num_timesteps, "done": True})
+    return metrics
+
+
+def load_agent(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[torch.nn.Module, AgentConfig]:
+    """(SB3 policy in eval mode, its :class:`AgentConfig`) from an agent checkpoint directory."""
+    policy, config = load_checkpoint(path, device=device)
+    if not isinstance(config, AgentConfig):
+        raise OcrlError(f"{path} is a checkpoint of a {type(config).__name__}, not an agent")
+    return policy, config
+
+
+EVALUATION_SEED = 1_000_000
+
+
+def evaluate_policy_in_env(
+    policy: torch.nn.Module,
+    config: AgentConfig,
+    episodes: int = 20,
+    seed: int = EVALUATION_SEED,
+    num_envs: int = 8,
+    deterministic: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Success rate (built-in tasks; NaN for envs that do not report it) and return over
+    ``episodes`` episodes. Each of the ``num_envs`` sub-envs runs a fixed share of the episodes
+    (counting whichever end first would favour short episodes)."""
+    num_envs = max(1, min(num_envs, episodes))
+    shares = [episodes // num_envs + (index < episodes % num_envs) for index in range(num_envs)]
+    venv = make_vec_env(config, num_envs, seed, device=device)
+    returns, successes = [], []
+    observation = venv.reset()
+    bar = tqdm(total=episodes, unit="episode", desc="evaluate", disable=not progress)
+    try:
+        while len(returns) < episodes:
+            action, _ = policy.predict(observation, deterministic=deterministic)
+            observation, _, dones, infos = venv.step(action)
+            for index in np.flatnonzero(dones):
+                if shares[index] > 0:
+                    shares[index] -= 1
+                    returns.append(float(infos[index]["episode"]["r"]))
+                    successes.append(float(infos[index].get("is_success", math.nan)))
+                    bar.update(1)
+    finally:
+        bar.close()
+        venv.close()
+    return {
+        "episodes": episodes,
+        "success_rate": float(np.mean(successes)),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+    }
+
+
+def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.PathLike, seed: int = EVALUATION_SEED, device: str | torch.device | None = None, scale: int = 3) -> dict[str, Any]:
+    """Play one episode and write it as a GIF; slot agents show frame | slot masks over it
+    (each slot in its own colour, stable over time). Returns the episode's return and success."""
+    from ocrl.viz import grid, save_gif, slot_colours
+    from ocrl.wrappers import ObjectCentricObservation
+
+    if config.observation == "ground_truth":  # its observations hold no frames: render them
+        env = ocrl.envs.make(config.env_id, render_mode="rgb_array", **config.env_kwargs)
+    else:
+        env = ocrl.envs.make(config.env_id, **config.env_kwargs)
+    if config.observation == "slots":
+        env = ObjectCentricObservation(env, config.perception, keys=(*config.keys, "masks"), keep_observation=True, device=device)
+    elif config.observation == "ground_truth":
+        env = GroundTruthObservation(env)
+    observation, info = env.reset(seed=seed)
+    pictures, total, done = [], 0.0, False
+    while True:
+        if config.observation == "slots":
+            frame = observation["observation"]
+            resolution = observation["masks"].shape[-1]
+            small = torch.nn.functional.interpolate(torch.as_tensor(frame).movedim(-1, 0)[None].float(), size=(resolution, resolution), mode="bilinear", antialias=True)[0]
+            small = small.movedim(0, -1).clamp(0, 255).byte().numpy()
+            overlay = (0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]).astype(np.uint8)
+            pictures.append(grid([[small, overlay]], scale=scale))
+            acted = {key: observation[key][None] for key in config.keys}
+        else:
+            frame = env.render() if config.observation == "ground_truth" else observation
+            pictures.append(grid([[frame]], scale=scale))
+            acted = {key: value[None] for key, value in observation.items()} if isinstance(observation, dict) else observation[None]
+        if done:
+            break
+        action, _ = policy.predict(acted, deterministic=True)
+        observation, reward, terminated, truncated, info = env.step(action[0])
+        total += float(reward)
+        done = terminated or truncated
+    env.close()
+    save_gif(pictures, path)
+    return {"return": total, "is_success": info.get("is_success"), "steps": len(pictures) - 1, "video": str(path)}

@@ -1,0 +1,296 @@
+"""Wrappers that turn an env's pixel frames into slot codes (:mod:`ocrl.slots`).
+
+- :class:`ObjectCentricObservation`: one gymnasium env.
+- :class:`ObjectCentricVectorObservation`: a gymnasium vector env (``gym.make_vec``).
+- :class:`ObjectCentricVecEnv`: a Stable-Baselines3 ``VecEnv``.
+
+All three share a :class:`SlotEncoder`: a perception model and one recurrent state per
+stream. Each env step encodes all sub-envs in one batched forward (on the GPU when there is
+one), and a sub-env whose episode just began gets the model's first-frame treatment (its
+initial queries and first-frame iterations). Frames of any size are resized to the model's
+resolution (bilinear, antialiased; non-square frames are stretched).
+
+Frames come from the observation when it is an RGB image (H, W, 3), or from a ``Dict``
+observation's ``"pixels"`` entry, or, for a single env whose ``render_mode`` is
+``"rgb_array"``, from ``render()`` (then ``keep_observation`` keeps the original observation
+under the key ``"observation"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnvWrapper
+
+from ocrl.slots import SLOT_CODE_KEYS, observation_space
+
+DEFAULT_KEYS = ("slots", "position", "presence")
+PIXELS_KEY = "pixels"
+# Frames are resized to the model's resolution; beyond this factor a frame is too small to hold
+# what the model was trained to see, and the codes would be made up.
+MAX_UPSCALE = 4.0
+
+
+def resolve_model(model: Any = None, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A perception model in eval mode: ``None`` (the shipped default), a shipped name, a
+    checkpoint directory, or a model instance (moved to ``device`` when given)."""
+    import ocrl
+
+    if isinstance(model, torch.nn.Module):
+        return (model.to(device) if device is not None else model).eval()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return ocrl.load_perception(ocrl.DEFAULT_PERCEPTION if model is None else model, device=device)
+
+
+class SlotEncoder:
+    """Encodes frames of ``num_streams`` streams (sub-envs) into slot-code arrays, one batch at a time.
+
+    Args:
+        model: see :func:`resolve_model`.
+        num_streams: how many streams the recurrent state holds.
+        keys: slot-code keys to return (:data:`ocrl.slots.SLOT_CODE_KEYS`); ``masks`` and
+            ``depth_map`` make the model decode (slower).
+        device: where the model runs (default: cuda when available).
+    """
+
+    def __init__(self, model: Any = None, num_streams: int = 1, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+        keys = tuple(keys)
+        unknown = [key for key in keys if key not in SLOT_CODE_KEYS]
+        if unknown or not keys:
+            raise ValueError(f"keys must be a non-empty subset of {SLOT_CODE_KEYS}, got {keys}")
+        self.model = resolve_model(model, device)
+        self.keys = keys
+        self.return_masks = "masks" in keys or "depth_map" in keys
+        if "depth_map" in keys and not bool(self.model.depth_supervised):
+            raise ValueError("keys ask for depth_map but this perception model was trained without depth")
+        self.num_streams = num_streams
+        self.state = self.model.init_state(num_streams)
+
+    @property
+    def resolution(self) -> int:
+        return self.model.resolution
+
+    def observation_space(self) -> spaces.Dict:
+        """The ``Dict`` space of one stream's codes, holding :attr:`keys` in that order."""
+        size = (self.resolution, self.resolution)
+        full = observation_space(self.model.num_slots, self.model.slot_dim, mask_size=size, depth_map=True)
+        return spaces.Dict({key: full[key] for key in self.keys})
+
+    def check_frame_shape(self, shape: Sequence[int]) -> None:
+        """Raise ValueError unless frames of ``shape`` (H, W, 3) can be encoded."""
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ValueError(f"frames must be RGB (H, W, 3), got shape {tuple(shape)}")
+        height, width = shape[:2]
+        if min(height, width) * MAX_UPSCALE < self.resolution:
+            raise ValueError(f"frames of {height}x{width} are too small for a {self.resolution}x{self.resolution} model (more than {MAX_UPSCALE:g}x upscaling); render larger frames")
+
+    def resize(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or float (B, H, W, 3) in [0, 1] -> float (B, 3, R, R) in [0, 1] on the model's device."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4:
+            raise ValueError(f"frames must be (B, H, W, 3), got shape {frames.shape}")
+        self.check_frame_shape(frames.shape[1:])
+        if frames.dtype == np.uint8:
+            tensor = torch.from_numpy(np.ascontiguousarray(frames)).to(self.model.device).movedim(-1, 1).float().div_(255)
+        elif np.issubdtype(frames.dtype, np.floating):
+            tensor = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).to(self.model.device).movedim(-1, 1)
+            if not bool(((tensor >= 0) & (tensor <= 1)).all()):
+                raise ValueError("frames contain NaN" if bool(tensor.isnan().any()) else "float frames must lie in [0, 1]")
+        else:
+            raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {frames.dtype}")
+        if tensor.shape[-2:] != (self.resolution, self.resolution):
+            tensor = F.interpolate(tensor, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+        return tensor
+
+    def reset_streams(self, streams: Sequence[int] | np.ndarray | None = None) -> None:
+        """Forget the state of ``streams`` (all when None): their next frame is a first frame."""
+        if streams is None:
+            self.state = self.model.init_state(self.num_streams)
+        else:
+            self.state.started[torch.as_tensor(np.asarray(streams), dtype=torch.long)] = False
+
+    def encode(self, frames: np.ndarray, is_first: Any = None, streams: Sequence[int] | None = None, advance: bool = True) -> dict[str, np.ndarray]:
+        """Encode one frame per stream; returns float32 arrays (B, ...) keyed by :attr:`keys`.
+
+        Args:
+            frames: (B, H, W, 3), one frame for each of ``streams``.
+            is_first: (B,) bool: streams whose episode begins with this frame (streams never
+                encoded count as first anyway).
+            streams: which streams the frames belong to (default: all, in order).
+            advance: update those streams' state; False encodes a frame that ends an
+                episode (SB3's terminal observation) without disturbing the state of the next.
+        """
+        index = None if streams is None else torch.as_tensor(np.asarray(streams), dtype=torch.long)
+        state = self.state if index is None else type(self.state)(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
+        codes, new_state = self.model.step(self.resize(frames), state, is_first, return_masks=self.return_masks)
+        if advance:
+            if index is None:
+                self.state = new_state
+            else:
+                self.state.slots[index.to(self.state.slots.device)] = new_state.slots
+                self.state.started[index] = True
+        arrays = codes.to_numpy()
+        return {key: arrays[key] for key in self.keys}
+
+
+def frame_source(observation_space_: spaces.Space) -> str | None:
+    """How frames are read from observations of this space: ``"observation"``, ``"pixels"``
+    (a Dict entry), or None when they hold no RGB image."""
+    if _is_rgb_box(observation_space_):
+        return "observation"
+    if isinstance(observation_space_, spaces.Dict) and _is_rgb_box(observation_space_.spaces.get(PIXELS_KEY)):
+        return "pixels"
+    return None
+
+
+def _is_rgb_box(space: spaces.Space | None) -> bool:
+    return isinstance(space, spaces.Box) and len(space.shape) == 3 and space.shape[-1] == 3
+
+
+def _frames(observation: Any, source: str) -> np.ndarray:
+    return observation[PIXELS_KEY] if source == "pixels" else observation
+
+
+def _no_frames_error(what: str, space: spaces.Space) -> ValueError:
+    return ValueError(
+        f"{what} offers no frames: its observation space is {space}, not an RGB image (H, W, 3) "
+        f"nor a Dict with {PIXELS_KEY!r}; make it with render_mode='rgb_array' or wrap it in gymnasium.wrappers.AddRenderObservation"
+    )
+
+
+class ObjectCentricObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Observations become slot codes: a ``Dict`` with ``keys`` (see :mod:`ocrl.slots`).
+
+    Args:
+        env: an env whose observations are RGB frames (or a Dict with ``"pixels"``), or one
+            made with ``render_mode="rgb_array"``.
+        model: perception model (default: the shipped default model); see :func:`resolve_model`.
+        keys: slot-code keys to observe.
+        keep_observation: also return the env's own observation under ``"observation"``.
+        device: where the model runs.
+
+    The recurrent state is reset on every ``reset``. ``info`` passes through unchanged.
+    """
+
+    def __init__(self, env: gym.Env, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, keep_observation: bool = False, device: torch.device | str | None = None):
+        gym.utils.RecordConstructorArgs.__init__(self, model=model, keys=keys, keep_observation=keep_observation, device=device)
+        gym.Wrapper.__init__(self, env)
+        self.source = frame_source(env.observation_space)
+        if self.source is None:
+            if env.render_mode != "rgb_array":
+                raise _no_frames_error(f"env {env.spec.id if env.spec else env}", env.observation_space)
+            self.source = "render"
+        self.encoder = SlotEncoder(model, 1, keys, device)
+        if self.source != "render":
+            frames_space = env.observation_space if self.source == "observation" else env.observation_space[PIXELS_KEY]
+            self.encoder.check_frame_shape(frames_space.shape)
+        self.keep_observation = keep_observation
+        codes_space = self.encoder.observation_space()
+        if keep_observation:
+            codes_space.spaces["observation"] = env.observation_space
+        self.observation_space = codes_space
+
+    @property
+    def perception(self) -> torch.nn.Module:
+        return self.encoder.model
+
+    def _encode(self, observation: Any, is_first: bool) -> dict[str, np.ndarray]:
+        frame = self.env.render() if self.source == "render" else _frames(observation, self.source)
+        if frame is None:
+            raise ValueError("env.render() returned None; make the env with render_mode='rgb_array'")
+        codes = {key: value[0] for key, value in self.encoder.encode(np.asarray(frame)[None], [is_first]).items()}
+        if self.keep_observation:
+            codes["observation"] = observation
+        return codes
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        return self._encode(observation, True), info
+
+    def step(self, action):
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        return self._encode(observation, False), reward, terminated, truncated, info
+
+
+class ObjectCentricVectorObservation(gym.vector.VectorWrapper):
+    """Slot codes for a gymnasium vector env, all sub-envs encoded in one batched forward.
+
+    Sub-env observations must be RGB frames (or a Dict with ``"pixels"``). Autoreset: with
+    gymnasium's default ``NEXT_STEP`` mode a sub-env that ended on step t returns its reset
+    frame on step t + 1, which is encoded as a first frame; ``SAME_STEP`` mode returns the reset
+    frame on step t (the final observation in ``info["final_obs"]`` is left as frames).
+    """
+
+    def __init__(self, env: gym.vector.VectorEnv, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+        super().__init__(env)
+        self.source = frame_source(env.single_observation_space)
+        if self.source is None:
+            raise _no_frames_error("this vector env", env.single_observation_space)
+        mode = env.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+        if mode not in (gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset mode {mode} is not supported; use NEXT_STEP or SAME_STEP")
+        self.autoreset_mode = mode
+        self.encoder = SlotEncoder(model, env.num_envs, keys, device)
+        frames_space = env.single_observation_space if self.source == "observation" else env.single_observation_space[PIXELS_KEY]
+        self.encoder.check_frame_shape(frames_space.shape)
+        self.single_observation_space = self.encoder.observation_space()
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
+        self._ended = np.zeros(env.num_envs, dtype=bool)
+
+    def reset(self, *, seed=None, options=None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        is_first = np.ones(self.num_envs, dtype=bool)
+        if options and "reset_mask" in options:
+            is_first = np.asarray(options["reset_mask"], dtype=bool)
+        self._ended[is_first] = False
+        return self.encoder.encode(_frames(observation, self.source), is_first), info
+
+    def step(self, actions):
+        observation, reward, terminated, truncated, info = self.env.step(actions)
+        ended = np.logical_or(terminated, truncated)
+        is_first = self._ended if self.autoreset_mode == gym.vector.AutoresetMode.NEXT_STEP else ended
+        codes = self.encoder.encode(_frames(observation, self.source), is_first)
+        self._ended = ended
+        return codes, reward, terminated, truncated, info
+
+
+class ObjectCentricVecEnv(VecEnvWrapper):
+    """Slot codes for a Stable-Baselines3 ``VecEnv``, all sub-envs encoded in one batched forward.
+
+    SB3 resets a sub-env as soon as it is done and returns the reset frame; that frame is
+    encoded as a first frame, and the frame that ended the episode
+    (``info["terminal_observation"]``, which SB3 uses to bootstrap truncated episodes) is
+    encoded with the ended episode's state and replaces it.
+    """
+
+    def __init__(self, venv, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+        source = frame_source(venv.observation_space)
+        if source is None:
+            raise _no_frames_error("this VecEnv", venv.observation_space)
+        self.source = source
+        self.encoder = SlotEncoder(model, venv.num_envs, keys, device)
+        frames_space = venv.observation_space if source == "observation" else venv.observation_space[PIXELS_KEY]
+        self.encoder.check_frame_shape(frames_space.shape)
+        super().__init__(venv, observation_space=self.encoder.observation_space())
+
+    def reset(self):
+        observation = self.venv.reset()
+        self.encoder.reset_streams()
+        return self.encoder.encode(_frames(observation, self.source), np.ones(self.num_envs, dtype=bool))
+
+    def step_wait(self):
+        observation, rewards, dones, infos = self.venv.step_wait()
+        ended = np.flatnonzero(dones)
+        terminal = [infos[i].get("terminal_observation") for i in ended]
+        if len(ended) and all(frame is not None for frame in terminal):
+            frames = np.stack([_frames(frame, self.source) for frame in terminal])
+            codes = self.encoder.encode(frames, np.zeros(len(ended), dtype=bool), streams=ended, advance=False)
+            for row, i in enumerate(ended):
+                infos[i] = {**infos[i], "terminal_observation": {key: value[row] for key, value in codes.items()}}
+        return self.encoder.encode(_frames(observation, self.source), dones), rewards, dones, infos
