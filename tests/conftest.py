@@ -30,6 +30,7 @@ def tiny_config(family: str = "smoothsa", resolution: int = 32, encoder: str = "
     config.decoder.hidden_channels = 8
     config.decoder.num_layers = 2
     config.decoder.kernel_size = 3
+    config.preheater.start_step = 0  # preheat from the start, as in the paper
     return config
 
 

@@ -79,7 +79,7 @@ def test_slot_agent_trains_saves_resumes_and_reloads(tiny_perception, tmp_path):
     "config",
     [
         AgentConfig(env_id="ocrl/ObjectGoal-v0", algo="dqn", observation="ground_truth", extractor="deepsets", algo_kwargs={"learning_starts": 32, "buffer_size": 500}),
-        AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="sac", observation="ground_truth", algo_kwargs={"learning_starts": 64, "buffer_size": 500, "batch_size": 32}),
+        AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="sac", observation="ground_truth", features_dim=32, algo_kwargs={"learning_starts": 64, "buffer_size": 500, "batch_size": 32}),
         AgentConfig(env_id="ocrl/ObjectGoal-v0", algo="ppo", observation="pixels", env_kwargs={"resolution": 48}, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1}),
     ],
     ids=["dqn-oracle", "sac-oracle", "ppo-pixels"],

@@ -305,9 +305,26 @@ def test_depth_is_a_probe_and_gradient_groups_split_by_loss():
             assert parameter.grad is None or not parameter.grad.any(), name
     preheat, rest = model.gradient_groups()
     names = {id(parameter): name for name, parameter in model.named_parameters()}
-    assert {names[id(p)].split(".")[0] for p in preheat} == {"preheater", "initializer"}
+    assert {names[id(p)].split(".")[0] for p in preheat} == {"preheater"}
     assert len(preheat) + len(rest) == len(list(model.parameters())) and not {id(p) for p in preheat} & {id(p) for p in rest}
     assert len(tiny_model("slot_attention").gradient_groups()) == 1
+
+
+def test_preheated_queries_are_used_from_the_start_step_on():
+    config = tiny_config("smoothsa")
+    config.preheater.start_step = 100
+    torch.manual_seed(0)
+    model = build_perception(config).eval()
+    frames = random_clip(2, 1)[:, 0]
+    features = model.encoder(frames.movedim(-1, 1).float() / 255)
+    queries = model.initializer(2)
+    cold, _, preheated = model.first_frame(features)
+    assert preheated is not None  # trained all along
+    torch.testing.assert_close(cold, model.aggregator(queries, features, model.iterations_first)[0])
+    model.set_step(100)
+    warm, _, _ = model.first_frame(features)
+    torch.testing.assert_close(warm, model.aggregator(preheated, features, model.iterations_first)[0])
+    assert bool(model.preheater.active) and "preheater.active" in model.state_dict()  # kept by checkpoints
 
 
 def test_sigma_annealing():

@@ -98,6 +98,13 @@ class PreheaterConfig:
         features it only scales the preheater's own gradients, which Adam undoes, while under
         global gradient-norm clipping a weight of 100 shrinks every other module's update
         (sprite videos, clip norm 1: FG-ARI 0.16 instead of 0.67 after 1500 steps). Hence 1.
+    start_step: the training step from which aggregation starts from the preheated queries;
+        before it, from the initializer's (the preheater learns all along). With an encoder
+        trained from scratch, preheating from step 0 collapsed all slots into one: features
+        carry nothing yet, the preheater adds the same vector to every query, aggregation
+        returns K equal slots, and the MSE target keeps the preheater there (sprite videos:
+        slot spread 0.5 % of their norm, reconstruction the mean image after 2500 steps).
+        Starting once the Gaussian noise has annealed lets the slots tell objects apart first.
     """
 
     enabled: bool = False
@@ -105,6 +112,7 @@ class PreheaterConfig:
     mlp_hidden_dim: int = 128
     loss_weight: float = 1.0
     detach_features: bool = True
+    start_step: int = 0
 
 
 @dataclass
@@ -239,6 +247,7 @@ def perception_config(family: str = "smoothsa", size: str = "small", resolution:
             encoder=EncoderConfig(kind="cnn", channels=32, num_layers=4, kernel_size=5, feature_dim=64),
             initializer=InitializerConfig(anneal_steps=2_000),
             aggregator=AggregatorConfig(mlp_hidden_dim=128),
+            preheater=PreheaterConfig(start_step=2_000),
             decoder=DecoderConfig(broadcast_size=16, hidden_channels=32, num_layers=3, kernel_size=1),
         )
     elif size == "small":
@@ -247,6 +256,7 @@ def perception_config(family: str = "smoothsa", size: str = "small", resolution:
             encoder=EncoderConfig(kind="cnn", channels=32, num_layers=4, kernel_size=5, feature_dim=64),
             initializer=InitializerConfig(anneal_steps=10_000),
             aggregator=AggregatorConfig(mlp_hidden_dim=128),
+            preheater=PreheaterConfig(start_step=10_000),
             decoder=DecoderConfig(broadcast_size=16, hidden_channels=32, num_layers=3, kernel_size=3),
         )
     else:
@@ -256,7 +266,7 @@ def perception_config(family: str = "smoothsa", size: str = "small", resolution:
             encoder=EncoderConfig(kind="resnet", channels=32, blocks_per_stage=2, feature_dim=128),
             initializer=InitializerConfig(anneal_steps=50_000),
             aggregator=AggregatorConfig(mlp_hidden_dim=256),
-            preheater=PreheaterConfig(mlp_hidden_dim=256),
+            preheater=PreheaterConfig(mlp_hidden_dim=256, start_step=50_000),
             transitioner=TransitionerConfig(mlp_hidden_dim=256),
             decoder=DecoderConfig(broadcast_size=max(8, resolution // 8), hidden_channels=64, num_layers=4, upsamples=2, kernel_size=5),
         )

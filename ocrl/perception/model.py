@@ -176,14 +176,14 @@ class VideoSlotModel(nn.Module):
     def gradient_groups(self) -> list[list[nn.Parameter]]:
         """Parameters split by the losses that train them, for clipping each group on its own.
 
-        With a SmoothSA preheater, the preheat loss alone trains the preheater and the
-        initializer (the preheater reads detached features and the aggregator detached
-        queries), and its gradients are far larger than the reconstruction's: clipped together,
-        they would shrink every other module's update.
+        With a SmoothSA preheater, the preheat loss alone trains the preheater (it reads
+        detached features and the aggregator its detached output), and its gradients are far
+        larger than the reconstruction's: clipped together, they would shrink every other
+        module's update.
         """
         if self.preheater is None or not self.preheater.detach_features:
             return [list(self.parameters())]
-        preheat = list(self.preheater.parameters()) + list(self.initializer.parameters())
+        preheat = list(self.preheater.parameters())
         chosen = {id(parameter) for parameter in preheat}
         return [preheat, [parameter for parameter in self.parameters() if id(parameter) not in chosen]]
 
@@ -201,8 +201,9 @@ class VideoSlotModel(nn.Module):
         preheated = None
         if self.preheater is not None:
             preheated = self.preheater(queries, features)
-            # SmoothSA Eq. 17: the aggregator starts from the stop-gradient preheated queries
-            queries = preheated.detach()
+            if bool(self.preheater.active):
+                # SmoothSA Eq. 17: the aggregator starts from the stop-gradient preheated queries
+                queries = preheated.detach()
         slots, attention = self.aggregator(queries, features, self.iterations_first)
         return slots, attention, preheated
 

@@ -23,9 +23,13 @@ from ocrl.perception.layers import MLP, MultiHeadAttention
 class QueryPreheater(nn.Module):
     """Pre-LN block: cross-attention to the features, self-attention among queries, MLP."""
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_heads: int = 4, mlp_hidden_dim: int = 128, detach_features: bool = True):
+    def __init__(self, slot_dim: int, feature_dim: int, num_heads: int = 4, mlp_hidden_dim: int = 128, detach_features: bool = True, start_step: int = 0):
         super().__init__()
         self.detach_features = detach_features
+        self.start_step = start_step
+        # Whether aggregation starts from the preheated queries yet (see PreheaterConfig.start_step);
+        # saved with the weights, so a trained model keeps preheating.
+        self.register_buffer("active", torch.tensor(start_step <= 0))
         self.cross_norm = nn.LayerNorm(slot_dim)
         self.feature_norm = nn.LayerNorm(feature_dim)
         self.cross_attention = MultiHeadAttention(slot_dim, num_heads, key_dim=feature_dim)
@@ -33,6 +37,9 @@ class QueryPreheater(nn.Module):
         self.self_attention = MultiHeadAttention(slot_dim, num_heads)
         self.mlp_norm = nn.LayerNorm(slot_dim)
         self.mlp = MLP(slot_dim, mlp_hidden_dim, slot_dim)
+
+    def set_step(self, step: int) -> None:
+        self.active.fill_(step >= self.start_step)
 
     def forward(self, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """queries (B, K, D), features (B, N, F) -> preheated queries (B, K, D)."""
@@ -47,4 +54,4 @@ class QueryPreheater(nn.Module):
 def build_preheater(config: PreheaterConfig, slot_dim: int, feature_dim: int) -> QueryPreheater | None:
     if not config.enabled:
         return None
-    return QueryPreheater(slot_dim, feature_dim, config.num_heads, config.mlp_hidden_dim, config.detach_features)
+    return QueryPreheater(slot_dim, feature_dim, config.num_heads, config.mlp_hidden_dim, config.detach_features, config.start_step)
