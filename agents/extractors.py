@@ -35,7 +35,7 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         num_layers, num_heads: transformer size.
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, kind: str = "transformer", features_dim: int = 128, num_layers: int = 2, num_heads: int = 4):
+    def __init__(self, observation_space: gym.spaces.Dict, kind: str = "transformer", features_dim: int = 64, num_layers: int = 2, num_heads: int = 4):
         if kind not in KINDS:
             raise ValueError(f"unknown extractor kind {kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(observation_space, gym.spaces.Dict) or "slots" not in observation_space.spaces:

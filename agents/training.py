@@ -23,6 +23,7 @@ import torch
 from stable_baselines3 import DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from tqdm.auto import tqdm
@@ -63,7 +64,7 @@ class AgentConfig:
     perception: str | None = None
     keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
     extractor: str = "transformer"
-    features_dim: int = 128
+    features_dim: int = 64
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -119,9 +120,12 @@ def _algorithm(config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "
     if config.algo == "ppo":
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
     try:
-        return ALGORITHMS[config.algo](policy, venv, seed=seed, device=device, tensorboard_log=tensorboard, verbose=0, **kwargs)
+        algorithm = ALGORITHMS[config.algo](policy, venv, seed=seed, device=device, tensorboard_log=tensorboard, verbose=0, **kwargs)
     except (AssertionError, ValueError, TypeError) as error:
         raise OcrlError(f"{config.algo} cannot train on {config.env_id} with {config.observation} observations: {error}") from error
+    if tensorboard is None:
+        algorithm.set_logger(Logger(folder=None, output_formats=[]))  # SB3 would log to a new /tmp folder per run
+    return algorithm
 
 
 def build_policy(config: AgentConfig) -> torch.nn.Module:
