@@ -174,3 +174,16 @@ def test_bad_frames_give_clear_errors(tiny_perception):
         encoder.encode(np.zeros((1, 6, 40, 3), np.uint8))
     with pytest.raises(ValueError, match="no perception model 'no-such-model'"):
         SlotEncoder("no-such-model")
+
+
+def test_default_model_is_the_shipped_one():
+    import ocrl
+
+    assert ocrl.DEFAULT_PERCEPTION in ocrl.shipped_models()
+    env = ObjectCentricObservation(sprite_env())
+    codes, _ = env.reset(seed=0)
+    assert codes["slots"].shape == (env.perception.num_slots, env.perception.slot_dim)
+    assert env.perception.resolution == 64 and bool(env.perception.depth_supervised)
+    # trained, not collapsed: the slots differ from one another
+    spread = codes["slots"].std(axis=0).mean() / np.linalg.norm(codes["slots"], axis=1).mean()
+    assert spread > 0.02
