@@ -245,11 +245,8 @@ class ObjectCentricVectorObservation(gym.vector.VectorWrapper):
 
     def reset(self, *, seed=None, options=None):
         observation, info = self.env.reset(seed=seed, options=options)
-        is_first = np.ones(self.num_envs, dtype=bool)
-        if options and "reset_mask" in options:
-            is_first = np.asarray(options["reset_mask"], dtype=bool)
-        self._ended[is_first] = False
-        return self.encoder.encode(_frames(observation, self.source), is_first), info
+        self._ended[:] = False
+        return self.encoder.encode(_frames(observation, self.source), np.ones(self.num_envs, dtype=bool)), info
 
     def step(self, actions):
         observation, reward, terminated, truncated, info = self.env.step(actions)
