@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnvWrapper
 
+from ocrl.perception.model import PerceptionState
 from ocrl.slots import SLOT_CODE_KEYS, observation_space
 
 DEFAULT_KEYS = ("slots", "position", "presence")
@@ -108,13 +109,6 @@ class SlotEncoder:
             tensor = F.interpolate(tensor, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
         return tensor
 
-    def reset_streams(self, streams: Sequence[int] | np.ndarray | None = None) -> None:
-        """Forget the state of ``streams`` (all when None): their next frame is a first frame."""
-        if streams is None:
-            self.state = self.model.init_state(self.num_streams)
-        else:
-            self.state.started[torch.as_tensor(np.asarray(streams), dtype=torch.long)] = False
-
     def encode(self, frames: np.ndarray, is_first: Any = None, streams: Sequence[int] | None = None, advance: bool = True) -> dict[str, np.ndarray]:
         """Encode one frame per stream; returns float32 arrays (B, ...) keyed by :attr:`keys`.
 
@@ -127,7 +121,7 @@ class SlotEncoder:
                 episode (SB3's terminal observation) without disturbing the state of the next.
         """
         index = None if streams is None else torch.as_tensor(np.asarray(streams), dtype=torch.long)
-        state = self.state if index is None else type(self.state)(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
+        state = self.state if index is None else PerceptionState(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
         codes, new_state = self.model.step(self.resize(frames), state, is_first, return_masks=self.return_masks)
         if advance:
             if index is None:
@@ -278,7 +272,6 @@ class ObjectCentricVecEnv(VecEnvWrapper):
 
     def reset(self):
         observation = self.venv.reset()
-        self.encoder.reset_streams()
         return self.encoder.encode(_frames(observation, self.source), np.ones(self.num_envs, dtype=bool))
 
     def step_wait(self):
