@@ -15,6 +15,8 @@ the network that acted differ from the one being updated (the OCRL repo's extrac
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -48,7 +50,7 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             shape = observation_space[key].shape
             if shape[0] != num_slots:
                 raise ValueError(f"{key} has {shape[0]} rows but slots has {num_slots}")
-            token_dim += int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+            token_dim += math.prod(shape[1:])
         self.kind = kind
         self.embed = nn.Sequential(nn.Linear(token_dim, features_dim), nn.LayerNorm(features_dim))
         if kind == "transformer":

@@ -188,13 +188,13 @@ def train_agent(
     training seeds) and the scores are returned and stored in metrics.json.
     """
     out = Path(out)
+    resume = (out / CONFIG_FILE).exists()
+    if resume and read_checkpoint_config(out)[0] != config:
+        raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
     perception_device = None if device == "auto" else device
     venv = make_vec_env(config, num_envs, seed, device=perception_device)
     algorithm = _algorithm(config, venv, seed, device, None if tensorboard is None else str(tensorboard))
-    if (out / CONFIG_FILE).exists():
-        saved, _ = read_checkpoint_config(out)
-        if saved != config:
-            raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
+    if resume:
         trained, _ = load_checkpoint(out)
         algorithm.policy.load_state_dict(trained.state_dict())
         state = load_trainer_state(out) or {}
