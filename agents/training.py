@@ -56,6 +56,8 @@ class AgentConfig:
     perception: shipped name or checkpoint path; None: the shipped default (slots only).
     extractor: ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
     algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
+    imagination: a world-model checkpoint path: train inside it (slots only), evaluate in the
+        real env.
     """
 
     env_id: str = "ocrl/ObjectGoal-v0"
@@ -67,6 +69,7 @@ class AgentConfig:
     features_dim: int = 64
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    imagination: str | None = None
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -75,6 +78,8 @@ class AgentConfig:
             raise ValueError(f"unknown observation {self.observation!r}; known: {', '.join(OBSERVATIONS)}")
         if self.perception is not None and self.observation != "slots":
             raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
+        if self.imagination is not None and self.observation != "slots":
+            raise ValueError(f"agents train in imagination on slot codes, not on {self.observation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,6 +109,29 @@ def make_vec_env(config: AgentConfig, num_envs: int = 1, seed: int = 0, device: 
     if config.observation == "slots":
         venv = ObjectCentricVecEnv(venv, model=config.perception, keys=config.keys, device=device)
     return venv
+
+
+def make_imagination_env(config: AgentConfig, num_envs: int = 64, seed: int = 0, device: str | torch.device | None = None) -> VecEnv:
+    """The world model of ``config.imagination`` as a VecEnv, its episodes starting from first
+    frames of the real env; checks that the model fits the agent's env and perception."""
+    from ocrl.data.collect import describe_space
+    from ocrl.world_models import ImaginationVecEnv, load_world_model, starts_from_env
+
+    model = load_world_model(config.imagination, device=device)
+    world = model.config
+    if (config.perception or ocrl.DEFAULT_PERCEPTION) != world.perception:
+        raise OcrlError(f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {config.perception or ocrl.DEFAULT_PERCEPTION!r}; pass --perception {world.perception}")
+    if sorted(config.keys) != ["position", "presence", "slots"]:
+        raise OcrlError(f"imagined observations hold slots, position and presence; the agent reads {config.keys}")
+    env = ocrl.envs.make(config.env_id, **config.env_kwargs)
+    try:
+        action_space = describe_space(env.action_space)
+    finally:
+        env.close()
+    if action_space != world.action_space:
+        raise OcrlError(f"{config.env_id} acts in {action_space}, the world model {config.imagination} in {world.action_space}")
+    starts = starts_from_env(model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=config.perception)
+    return ImaginationVecEnv(model, starts, num_envs=num_envs, seed=seed)
 
 
 def _algorithm(config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "auto", tensorboard: str | None = None) -> BaseAlgorithm:
@@ -192,7 +220,10 @@ def train_agent(
     if resume and read_checkpoint_config(out)[0] != config:
         raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
     perception_device = None if device == "auto" else device
-    venv = make_vec_env(config, num_envs, seed, device=perception_device)
+    if config.imagination is not None:
+        venv = make_imagination_env(config, num_envs, seed, device=perception_device)
+    else:
+        venv = make_vec_env(config, num_envs, seed, device=perception_device)
     algorithm = _algorithm(config, venv, seed, device, None if tensorboard is None else str(tensorboard))
     if resume:
         trained, _ = load_checkpoint(out)

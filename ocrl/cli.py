@@ -229,6 +229,7 @@ def add_train_agent(subparsers) -> None:
     parser.add_argument("--eval-episodes", default=20, type=_positive_int, help="episodes of the final evaluation (default 20)")
     parser.add_argument("--out", required=True, type=Path, help="agent checkpoint directory (resumed if it holds this agent)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--imagination", type=Path, help="world-model checkpoint: train inside it on slot codes, evaluate in the real env")
     parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
     parser.set_defaults(run=run_train_agent, parser=parser)
 
@@ -255,6 +256,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             extractor=args.extractor,
             env_kwargs=args.env_kwargs,
             algo_kwargs=args.algo_kwargs,
+            imagination=None if args.imagination is None else str(args.imagination.resolve()),
         )
         return train_agent(config, args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, device=args.device, eval_episodes=args.eval_episodes, tensorboard=args.tensorboard)
 
@@ -298,7 +300,76 @@ def run_eval_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz, add_train_agent, add_eval_agent]
+# --- ocrl train-world-model / eval-world-model ------------------------------------------------
+
+
+def add_train_world_model(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-world-model",
+        help="train a slot-transformer world model on encoded rollouts",
+        description="Encode a rollout store once with a frozen perception model (codes cached on disk), then train a world model on them; rerun the same command to resume.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="rollout store from 'ocrl collect'")
+    parser.add_argument("--perception", help="perception checkpoint or shipped name (default: the shipped default model)")
+    parser.add_argument("--out", required=True, type=Path, help="world-model checkpoint directory (resumed if it holds this model)")
+    parser.add_argument("--steps", type=_positive_int, help="training steps (default 4000)")
+    parser.add_argument("--batch-size", type=_positive_int, help="windows per step (default 32)")
+    parser.add_argument("--history", type=_positive_int, help="steps the model attends to (default 8)")
+    parser.add_argument("--rollout-steps", type=_non_negative_int, help="open-loop steps of the rollout loss (default 3)")
+    parser.add_argument("--cache", type=Path, help="code cache directory (default DATA/codes/<perception fingerprint>)")
+    parser.add_argument("--seed", default=0, type=_non_negative_int, help="seed (default 0)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
+    parser.set_defaults(run=run_train_world_model, parser=parser)
+
+
+def run_train_world_model(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ocrl.world_models import WorldModelTrainingConfig, train_world_model
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "rollout_steps": args.rollout_steps}
+    training = dataclasses.replace(WorldModelTrainingConfig(seed=args.seed), **{key: value for key, value in overrides.items() if value is not None})
+    model_config = {} if args.history is None else {"history": args.history}
+    perception = None if args.perception is None else _perception_reference(args.perception)
+    _user_errors(lambda: train_world_model(args.data, args.out, perception, model_config=model_config, training=training, cache=args.cache, device=args.device, tensorboard=args.tensorboard))
+    return 0
+
+
+def add_eval_world_model(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval-world-model",
+        help="open-loop error against horizon, and reward accuracy, of a world model",
+        description="Score a world model on held-out rollouts against the copy-last-state baseline; prints JSON.",
+    )
+    parser.add_argument("world_model", type=Path, help="world-model checkpoint directory")
+    parser.add_argument("--data", required=True, type=Path, help="held-out rollout store (ground-truth masks give FG-ARI)")
+    parser.add_argument("--horizons", default=[1, 5, 10], type=_positive_int, nargs="+", help="horizons to report (default 1 5 10)")
+    parser.add_argument("--context", default=4, type=_positive_int, help="true steps before the open loop (default 4)")
+    parser.add_argument("--windows", default=256, type=_positive_int, help="at most this many open-loop windows (default 256)")
+    parser.add_argument("--cache", type=Path, help="code cache directory (default DATA/codes/<perception fingerprint>)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.set_defaults(run=run_eval_world_model, parser=parser)
+
+
+def run_eval_world_model(args: argparse.Namespace) -> int:
+    from ocrl.data.store import write_atomically
+    from ocrl.world_models import evaluate_world_model, load_world_model
+
+    def evaluate():
+        model = load_world_model(args.world_model, device=args.device)
+        perception = _load_model(model.config.perception, args.device)
+        return evaluate_world_model(model, args.data, perception, horizons=args.horizons, context=args.context, max_windows=args.windows, cache=args.cache)
+
+    text = json.dumps({"world_model": str(args.world_model), **_user_errors(evaluate)}, indent=2)
+    if args.out:
+        write_atomically(args.out, lambda file: file.write((text + "\n").encode()))
+    print(text)
+    return 0
+
+
+COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz, add_train_agent, add_eval_agent, add_train_world_model, add_eval_world_model]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,282 @@
+"""World models: the slot transformer's structure, the code cache, training and resuming, the
+imagination envs, evaluation, agents trained in imagination, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from gymnasium.utils.env_checker import check_env as gym_check_env
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import ocrl
+from ocrl.cli import main
+from ocrl.data.collect import collect
+from ocrl.errors import OcrlError
+from ocrl.slots import SlotCodes
+from ocrl.wrappers import SlotEncoder
+from ocrl.world_models import (
+    CodeCache,
+    ImaginationEnv,
+    ImaginationVecEnv,
+    SlotWorldModel,
+    WorldModelConfig,
+    WorldModelTrainingConfig,
+    encode_store,
+    evaluate_world_model,
+    load_world_model,
+    train_world_model,
+)
+from ocrl.world_models.evaluation import open_loop
+
+ENV_KWARGS = {"resolution": 32}
+
+
+def small_config(**overrides) -> WorldModelConfig:
+    values = {"num_slots": 3, "slot_dim": 16, "history": 4, "width": 32, "num_layers": 2, "num_heads": 2, "env_kwargs": ENV_KWARGS}
+    return WorldModelConfig(**{**values, **overrides})
+
+
+def random_codes(batch: int, steps: int, slots: int = 3, dim: int = 16, seed: int = 0) -> SlotCodes:
+    generator = torch.Generator().manual_seed(seed)
+    return SlotCodes(
+        torch.randn(batch, steps, slots, dim, generator=generator),
+        torch.rand(batch, steps, slots, 4, generator=generator),
+        torch.rand(batch, steps, slots, generator=generator),
+    )
+
+
+def trained_like(model: SlotWorldModel) -> SlotWorldModel:
+    """Non-zero output weights (a fresh model predicts "nothing changes" exactly)."""
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.slot_out.weight, std=0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return collect("ocrl/ObjectGoal-v0", 6, tmp_path_factory.mktemp("data") / "goal", num_envs=3, env_kwargs=ENV_KWARGS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world_model(store, tiny_perception, tmp_path_factory):
+    training = WorldModelTrainingConfig(steps=4, batch_size=4, rollout_steps=2, checkpoint_every=2)
+    out = tmp_path_factory.mktemp("world") / "model"
+    train_world_model(store.path, out, tiny_perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+    return str(out)
+
+
+def test_attention_is_causal_in_time_and_full_across_a_step():
+    model = trained_like(SlotWorldModel(small_config()))
+    codes, actions = random_codes(2, 4), torch.randint(0, 4, (2, 4))
+    output = model(codes, actions)
+    later = random_codes(2, 4, seed=1)
+    changed = SlotCodes(*(torch.cat([getattr(codes, key)[:, :2], getattr(later, key)[:, 2:]], 1) for key in ("slots", "position", "presence")))
+    changed_output = model(changed, actions)
+    torch.testing.assert_close(changed_output.codes.slots[:, :2], output.codes.slots[:, :2])
+    torch.testing.assert_close(changed_output.reward[:, :2], output.reward[:, :2])
+    assert not torch.allclose(changed_output.codes.slots[:, 2:], output.codes.slots[:, 2:])
+    # a step's action reaches its slots' predictions
+    other_actions = actions.clone()
+    other_actions[:, 1] = (actions[:, 1] + 1) % 4
+    moved = model(codes, other_actions)
+    torch.testing.assert_close(moved.codes.slots[:, 0], output.codes.slots[:, 0])
+    assert not torch.allclose(moved.codes.slots[:, 1], output.codes.slots[:, 1])
+
+
+def test_predictions_follow_a_permutation_of_the_slots():
+    model = trained_like(SlotWorldModel(small_config()))
+    codes, actions = random_codes(2, 3), torch.randint(0, 4, (2, 3))
+    output = model(codes, actions)
+    order = torch.tensor([2, 0, 1])
+    permuted = model(codes._map(lambda tensor: tensor[:, :, order]), actions)
+    torch.testing.assert_close(permuted.codes.slots, output.codes.slots[:, :, order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(permuted.reward, output.reward, atol=1e-5, rtol=1e-5)
+
+
+def test_box_actions_and_bad_inputs():
+    box = {"type": "Box", "shape": [2], "dtype": "float32", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
+    model = SlotWorldModel(small_config(action_space=box))
+    assert model(random_codes(1, 2), torch.zeros(1, 2, 2)).reward.shape == (1, 2)
+    with pytest.raises(ValueError, match="3 components; the world model takes 2"):
+        model(random_codes(1, 2), torch.zeros(1, 2, 3))
+    discrete = SlotWorldModel(small_config())
+    with pytest.raises(ValueError, match="Discrete\\(4\\)"):
+        discrete(random_codes(1, 2), torch.full((1, 2), 4))
+    with pytest.raises(ValueError, match="at most 4"):
+        discrete(random_codes(1, 5), torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="5 slots of 16"):
+        discrete(random_codes(1, 2, slots=5), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(OcrlError, match="Discrete or Box"):
+        small_config(action_space={"type": "MultiBinary", "n": 3})
+
+
+def test_code_cache_holds_the_codes_the_wrappers_see(store, tiny_perception, tmp_path):
+    perception = ocrl.load_perception(tiny_perception)
+    cache = encode_store(perception, store, tmp_path / "codes", episodes_per_batch=4, progress=False)
+    codes = CodeCache(cache)
+    assert len(codes) == len(store) and (codes.num_slots, codes.slot_dim) == (3, 16)
+    for index in (0, 5):  # in the first and second batch of episodes, of different lengths
+        episode = store.episode(index)
+        encoder = SlotEncoder(perception, 1)
+        expected = [encoder.encode(frame[None], [t == 0]) for t, frame in enumerate(episode.frames())]
+        start = codes.frame_offsets[index]
+        got = codes.frames["slots"][start : start + episode.length + 1].numpy()
+        np.testing.assert_allclose(got, np.concatenate([step["slots"] for step in expected]), atol=1e-3)
+        np.testing.assert_array_equal(codes.steps["actions"][codes.step_offsets[index] : codes.step_offsets[index] + episode.length].numpy(), episode.actions)
+    # encoding again skips the cached episodes; another perception model's codes are refused
+    stamps = [path.stat().st_mtime_ns for path in sorted(cache.glob("episode-*.npz"))]
+    encode_store(perception, store, cache, progress=False)
+    assert stamps == [path.stat().st_mtime_ns for path in sorted(cache.glob("episode-*.npz"))]
+    with torch.no_grad():
+        next(perception.parameters()).add_(1.0)
+    with pytest.raises(OcrlError, match="another perception model"):
+        encode_store(perception, store, cache, progress=False)
+    (cache / "episode-000001.npz").write_bytes(b"truncated")
+    with pytest.raises(OcrlError, match="episode-000001.npz"):
+        CodeCache(cache)
+
+
+def test_windows_pad_past_the_episode_end(store, tiny_perception, tmp_path):
+    codes = CodeCache(encode_store(ocrl.load_perception(tiny_perception), store, tmp_path / "codes", progress=False))
+    shortest = int(np.argmin(codes.lengths))
+    length = int(codes.lengths[shortest]) + 3
+    window = codes.windows(np.array([shortest]), np.array([0]), length)
+    steps = int(codes.lengths[shortest])
+    assert window.valid[0].tolist() == [1.0] * steps + [0.0] * 3
+    last = codes.frames["slots"][codes.frame_offsets[shortest] + steps]
+    for t in range(steps, length + 1):
+        torch.testing.assert_close(window.codes.slots[0, t], last)
+    terminated = store.episode(shortest).terminated
+    np.testing.assert_array_equal(window.continues[0, :steps].numpy(), 1.0 - terminated)
+
+
+def test_training_writes_a_checkpoint_and_resumes(world_model, store, tiny_perception):
+    model = load_world_model(world_model)
+    assert model.config.perception == tiny_perception and model.config.action_space["n"] == 4
+    assert model.config.env_id == "ocrl/ObjectGoal-v0" and model.config.env_kwargs == ENV_KWARGS
+    metrics = json.loads((__import__("pathlib").Path(world_model) / "metrics.json").read_text())
+    assert metrics["step"] == 4 and metrics["done"] and set(metrics["terms"]) >= {"slots", "reward", "continue", "rollout"}
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    training = WorldModelTrainingConfig(steps=6, batch_size=4, rollout_steps=2, checkpoint_every=2)
+    train_world_model(store.path, world_model, tiny_perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+    assert json.loads((__import__("pathlib").Path(world_model) / "metrics.json").read_text())["step"] == 6
+    after = load_world_model(world_model).state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    with pytest.raises(OcrlError, match="another model"):
+        train_world_model(store.path, world_model, tiny_perception, model_config={"history": 3, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+
+
+def test_training_lowers_the_loss(store, tiny_perception):
+    from ocrl.world_models.training import window_loss
+
+    codes = CodeCache(encode_store(ocrl.load_perception(tiny_perception), store, progress=False))
+    torch.manual_seed(0)
+    model = SlotWorldModel(small_config())
+    model.set_slot_statistics(*codes.slot_statistics())
+    training = WorldModelTrainingConfig(rollout_steps=2)
+    window = codes.sample(16, 4, np.random.default_rng(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(window_loss(model, window, training)[0].detach())
+    for _ in range(40):
+        loss, _ = window_loss(model, window, training)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.5 * first
+
+
+def test_imagined_steps_match_the_model_on_the_last_history(world_model):
+    """The batched left-aligned buffers give what the model gives on each env's own window."""
+    model = trained_like(load_world_model(world_model))
+    starts = {key: value[:, 0].numpy() for key, value in (("slots", torch.randn(5, 1, 3, 16)), ("position", torch.rand(5, 1, 3, 4)), ("presence", torch.rand(5, 1, 3)))}
+    venv = ImaginationVecEnv(model, starts, num_envs=3, max_episode_steps=7, seed=0)
+    observation = venv.reset()
+    actions = np.random.default_rng(0).integers(0, 4, size=(9, 3))
+    history = [SlotCodes.from_numpy({key: value[:, None] for key, value in observation.items()})]
+    for t in range(6):  # past the history of 4, so the buffers roll
+        observation, rewards, dones, infos = venv.step(actions[t])
+        assert not dones.any()
+        codes = SlotCodes(*(torch.cat([getattr(step, key) for step in history], 1) for key in ("slots", "position", "presence")))
+        start = max(0, t + 1 - 4)
+        expected = model(codes[:, start:], torch.as_tensor(actions[start : t + 1].T)).codes[:, -1]
+        np.testing.assert_allclose(observation["slots"], expected.slots.detach().numpy(), atol=1e-4)
+        history.append(SlotCodes.from_numpy({key: value[:, None] for key, value in observation.items()}))
+    observation, rewards, dones, infos = venv.step(actions[6])
+    assert dones.all() and all(info["TimeLimit.truncated"] and info["episode"]["l"] == 7 for info in infos)
+    assert set(infos[0]["terminal_observation"]) == {"slots", "position", "presence"}
+    assert venv.observation_space.contains({key: value[0] for key, value in observation.items()})
+
+
+def test_imagination_env_passes_the_env_checkers(world_model):
+    model = load_world_model(world_model)
+    starts = {"slots": np.zeros((2, 3, 16), np.float32), "position": np.full((2, 3, 4), 0.5, np.float32), "presence": np.full((2, 3), 0.5, np.float32)}
+    env = ImaginationEnv(model, starts, max_episode_steps=5)
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(ImaginationEnv(model, starts, max_episode_steps=5))
+    with pytest.raises(ValueError, match=r"\(N, 3, 16\)"):
+        ImaginationVecEnv(model, {**starts, "slots": np.zeros((2, 4, 16), np.float32)})
+
+
+def test_open_loop_of_an_untrained_model_is_the_copy_last_baseline(store, tiny_perception, tmp_path):
+    perception = ocrl.load_perception(tiny_perception)
+    codes = CodeCache(encode_store(perception, store, progress=False))
+    model = SlotWorldModel(small_config(perception=tiny_perception))  # zero output layer: nothing changes
+    model.set_slot_statistics(*codes.slot_statistics())
+    model.eval()
+    window = codes.windows(np.array([0]), np.array([0]), 4)
+    predicted = open_loop(model, window.codes, window.actions, context=2, steps=3)
+    for step in range(3):
+        torch.testing.assert_close(predicted.slots[:, step], window.codes.slots[:, 1])
+    result = evaluate_world_model(model, store.path, perception, horizons=(1, 3), context=2, stride=3, progress=False)
+    for horizon in ("1", "3"):
+        scores = result["open_loop"][horizon]
+        assert scores["slot_mse"] == pytest.approx(scores["slot_mse_copy_last"])
+        assert scores["psnr"] == pytest.approx(scores["psnr_copy_last"])
+        assert 0 <= scores["fg_ari"] <= 1
+    assert 0 <= result["reward_accuracy"] <= 1 and result["transitions"] == sum(episode.length for episode in map(store.episode, range(len(store))))
+    other = ocrl.load_perception(tiny_perception)
+    other_model = SlotWorldModel(small_config(num_slots=4))
+    with pytest.raises(ValueError, match="4 slots of 16"):
+        evaluate_world_model(other_model, store.path, other, progress=False)
+
+
+def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_model, tiny_perception, tmp_path):
+    from ocrl.agents import AgentConfig, load_agent, train_agent
+
+    config = AgentConfig(env_id="ocrl/ObjectGoal-v0", perception=tiny_perception, env_kwargs=ENV_KWARGS, imagination=world_model, algo_kwargs={"n_steps": 16, "batch_size": 32})
+    metrics = train_agent(config, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
+    assert metrics["episodes"] == 2 and 0 <= metrics["success_rate"] <= 1
+    assert load_agent(tmp_path / "agent")[1].imagination == world_model
+    with pytest.raises(OcrlError, match="models codes of perception"):
+        train_agent(AgentConfig(env_id="ocrl/ObjectGoal-v0", env_kwargs=ENV_KWARGS, imagination=world_model), tmp_path / "other", steps=16, progress=False)
+    continuous = AgentConfig(env_id="ocrl/ObjectGoal-v0", perception=tiny_perception, env_kwargs={**ENV_KWARGS, "continuous": True}, imagination=world_model)
+    with pytest.raises(OcrlError, match="acts in"):
+        train_agent(continuous, tmp_path / "continuous", steps=16, progress=False)
+    with pytest.raises(ValueError, match="imagination on slot codes"):
+        AgentConfig(observation="pixels", imagination=world_model)
+
+
+def test_cli_trains_and_evaluates_a_world_model(store, tiny_perception, tmp_path, capsys):
+    out = tmp_path / "world"
+    arguments = ["--data", str(store.path), "--perception", tiny_perception, "--out", str(out), "--steps", "2", "--batch-size", "2", "--history", "4", "--rollout-steps", "1"]
+    assert main(["train-world-model", *arguments]) == 0
+    assert main(["eval-world-model", str(out), "--data", str(store.path), "--horizons", "1", "2", "--context", "2", "--out", str(tmp_path / "scores.json")]) == 0
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert set(scores["open_loop"]) == {"1", "2"}
+    capsys.readouterr()
+    assert main(["train-world-model", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "w")]) == 2
+    assert main(["eval-world-model", tiny_perception, "--data", str(store.path)]) == 2
+    assert main(["train-world-model", *arguments[:-4], "--history", "2", "--rollout-steps", "3"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("ocrl ") and "error:" in line for line in errors), errors
+    assert "not a world model" in errors[1] and "rollout_steps" in errors[2]
+
+
+def test_the_cache_lives_in_the_store_by_default(store, tiny_perception):
+    perception = ocrl.load_perception(tiny_perception)
+    cache = encode_store(perception, store, progress=False)
+    assert cache.parent == store.path / "codes" and os.path.exists(cache / "info.json")

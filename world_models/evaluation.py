@@ -1,0 +1,174 @@
+"""How good a world model is on held-out rollouts.
+
+Open loop: from the true codes of ``context`` steps, the model predicts ``max(horizons)`` steps
+with the episode's true actions, feeding back its own predictions (a sliding window of
+``history`` steps). At each horizon h (h steps after the last true step) it is scored against
+the codes the perception model gives the real frames, next to the copy-last-state baseline
+(the last true codes held still):
+
+- ``slot_mse``: mean squared error of standardised slot vectors (1.0 = the spread of the data);
+- ``position_mse``: of x, y, size, depth;
+- ``psnr``: of frames decoded from the predicted slots by the perception decoder, against the
+  real frames at the model's resolution; ``psnr_perception`` is the decoder's own ceiling (the
+  real frame's codes decoded);
+- ``fg_ari``: per-frame FG-ARI of the decoded masks against ground-truth masks (when the store
+  has them).
+
+One step, teacher-forced over every transition: ``reward_mse``, ``reward_accuracy`` (the
+predicted reward, snapped to the nearest reward value seen in the data, equals the true one) and
+``continue_accuracy`` (continuation probability on the right side of 1/2).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ocrl import metrics
+from ocrl.data.store import RolloutStore
+from ocrl.errors import OcrlError
+from ocrl.evaluation import resize_frames
+from ocrl.slots import SlotCodes
+from ocrl.world_models.codes import CodeCache, encode_store
+from ocrl.world_models.imagination import check_pairing
+from ocrl.world_models.model import SlotWorldModel, position_error, slot_error
+
+
+@torch.no_grad()
+def open_loop(model: SlotWorldModel, codes: SlotCodes, actions: torch.Tensor, context: int, steps: int) -> SlotCodes:
+    """Predict ``steps`` steps after the first ``context`` of ``codes`` (B, >= context) with
+    ``actions`` (B, context + steps - 1, ...); returns predicted codes (B, steps)."""
+    history = model.config.history
+    sequence = codes[:, :context]
+    predicted = []
+    for step in range(steps):
+        end = context + step
+        start = max(0, end - history)
+        window = sequence[:, start:end]
+        prediction = model(window, actions[:, start:end]).codes[:, -1]
+        predicted.append(prediction)
+        sequence = _append(sequence, prediction)
+    return _stack(predicted)
+
+
+def _append(sequence: SlotCodes, step: SlotCodes) -> SlotCodes:
+    return SlotCodes(**{key: torch.cat([getattr(sequence, key), getattr(step, key)[:, None]], 1) for key in ("slots", "position", "presence")})
+
+
+def _stack(steps: list[SlotCodes]) -> SlotCodes:
+    return SlotCodes(**{key: torch.stack([getattr(step, key) for step in steps], 1) for key in ("slots", "position", "presence")})
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) PSNR in dB of images in [0, 1], (N, 3, H, W)."""
+    mse = (images - targets).square().flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+@torch.no_grad()
+def evaluate_world_model(
+    model: SlotWorldModel,
+    data: str | os.PathLike | RolloutStore,
+    perception: torch.nn.Module,
+    horizons: Sequence[int] = (1, 5, 10),
+    context: int = 4,
+    stride: int = 20,
+    max_windows: int | None = 256,
+    cache: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Scores of ``model`` on the episodes of ``data`` (see the module doc); returns a JSON-able dict.
+
+    Open-loop windows start every ``stride`` steps of an episode where ``context`` +
+    max(horizons) steps fit; at most ``max_windows`` of them (spread over the episodes).
+    """
+    check_pairing(model, perception)
+    if context < 1 or context > model.config.history:
+        raise OcrlError(f"context must be between 1 and the model's history ({model.config.history}), got {context}")
+    store = data if isinstance(data, RolloutStore) else RolloutStore.open(data)
+    codes = CodeCache(encode_store(perception, store, cache, progress=progress))
+    device = model.device
+    horizon = max(horizons)
+    length = context - 1 + horizon
+    starts = [(episode, start) for episode, steps in enumerate(codes.lengths) for start in range(0, int(steps) - length + 1, stride)]
+    if not starts:
+        raise OcrlError(f"no episode of {store.path} has the {length + 1} frames that context {context} and horizon {horizon} need")
+    if max_windows is not None and len(starts) > max_windows:
+        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    has_masks = "masks" in store.ground_truth_keys
+    sums: dict[str, np.ndarray] = {}
+    slot_std = model.slot_std
+    for first in tqdm(range(0, len(starts), batch_size), desc="open loop", unit="batch", disable=not progress):
+        chunk = starts[first : first + batch_size]
+        window = codes.windows(np.array([e for e, _ in chunk]), np.array([s for _, s in chunk]), length)
+        truth = window.codes.to(device)
+        predicted = open_loop(model, truth, window.actions.to(device), context, horizon)
+        target = truth[:, context:]
+        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in ("slots", "position", "presence")))
+        scores = {
+            "slot_mse": slot_error(predicted, target, slot_std),
+            "slot_mse_copy_last": slot_error(copied, target, slot_std),
+            "position_mse": position_error(predicted, target),
+            "position_mse_copy_last": position_error(copied, target),
+        }
+        frames = np.stack([store.episode(e).frames(s + context, s + context + horizon) for e, s in chunk])
+        real = resize_frames(frames.reshape(-1, *frames.shape[2:]), perception.resolution).to(perception.device)
+        decoded = {name: perception.decode(value.slots.flatten(0, 1).to(perception.device)) for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))}
+        for name, output in decoded.items():
+            scores[f"psnr{name}"] = psnr(output.reconstruction.float().clamp(0, 1), real).view(len(chunk), horizon)
+        if has_masks:
+            true_masks = np.stack([store.episode(e).ground_truth(s + context, s + context + horizon, keys=["masks"])["masks"] for e, s in chunk])
+            true_masks = torch.from_numpy(true_masks).flatten(0, 1)[:, None].float()
+            true_masks = F.interpolate(true_masks, size=(perception.resolution,) * 2, mode="nearest")[:, 0].long()
+            for name, output in decoded.items():
+                ari = metrics.fg_ari(true_masks.to(output.masks.device), output.masks.float(), video=False).view(len(chunk), horizon)
+                scores[f"fg_ari{name}"] = ari
+        for name, values in scores.items():
+            values = values.double().cpu().numpy()
+            sums[name] = sums.get(name, np.zeros(horizon)) + np.nansum(values, 0)
+            sums[f"{name}_count"] = sums.get(f"{name}_count", np.zeros(horizon)) + np.isfinite(values).sum(0)
+    by_horizon = {
+        str(h): {name: round(float(sums[name][h - 1] / max(1, sums[f"{name}_count"][h - 1])), 5) for name in sums if not name.endswith("_count")}
+        for h in horizons
+    }
+    return {
+        "episodes": len(codes),
+        "windows": len(starts),
+        "context": context,
+        "open_loop": by_horizon,
+        **_one_step_scores(model, codes),
+    }
+
+
+@torch.no_grad()
+def _one_step_scores(model: SlotWorldModel, codes: CodeCache) -> dict[str, float]:
+    """Teacher-forced reward and continuation scores over every transition of every episode."""
+    history = model.config.history
+    rewards, predicted_rewards, continues, predicted_continues = [], [], [], []
+    for episode, steps in enumerate(codes.lengths):
+        for start in range(0, int(steps), history):
+            window = codes.windows(np.array([episode]), np.array([start]), history)
+            output = model(window.codes[:, :history].to(model.device), window.actions.to(model.device))
+            valid = window.valid[0].bool()
+            rewards.append(window.rewards[0][valid])
+            continues.append(window.continues[0][valid])
+            predicted_rewards.append(output.reward[0].cpu()[valid])
+            predicted_continues.append(torch.sigmoid(output.continue_logits[0]).cpu()[valid])
+    rewards, predicted_rewards = torch.cat(rewards), torch.cat(predicted_rewards)
+    continues, predicted_continues = torch.cat(continues), torch.cat(predicted_continues)
+    values = torch.unique(rewards)
+    snapped = values[(predicted_rewards[:, None] - values[None]).abs().argmin(1)]
+    nonzero = rewards != 0
+    return {
+        "transitions": int(len(rewards)),
+        "reward_mse": round(float((predicted_rewards - rewards).square().mean()), 6),
+        "reward_accuracy": round(float((snapped == rewards).float().mean()), 5),
+        "reward_accuracy_nonzero": round(float((snapped[nonzero] == rewards[nonzero]).float().mean()), 5) if bool(nonzero.any()) else None,
+        "continue_accuracy": round(float(((predicted_continues >= 0.5) == (continues >= 0.5)).float().mean()), 5),
+    }

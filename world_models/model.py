@@ -1,0 +1,200 @@
+"""The slot-transformer world model: dynamics, reward and continuation over slot codes and actions.
+
+Each step of a history contributes K slot tokens (slot vector, position and presence of one
+slot) and one action token. Attention is causal in time and full across the tokens of a step,
+so a step's tokens see its own slots and action and every earlier step. From step t the model
+predicts the codes of step t + 1 (per slot, as a residual on step t's codes), the reward of the
+transition t -> t + 1 and whether the episode continues after it (both from the action token,
+which acts as the step's CLS token: it attends to all slots of its step).
+
+There is no slot-index embedding: the model is equivariant to permuting the slots (the
+perception model keeps each object in the same slot over time, and a slot's prediction is read
+from that slot's own token). Slot vectors are standardised with statistics of the training
+codes, kept in the weights as buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from ocrl.checkpoint import register_model_kind
+from ocrl.errors import OcrlError
+from ocrl.perception.config import dataclass_from_dict
+from ocrl.slots import SlotCodes
+
+ACTION_TYPES = ("Discrete", "Box")
+
+
+@dataclass
+class WorldModelConfig:
+    """What a world model is: stored in its checkpoint's config.json.
+
+    num_slots, slot_dim: the slot shape of the perception model whose codes it models.
+    perception: that perception model (shipped name or checkpoint path).
+    action_space: JSON description (:func:`ocrl.data.collect.describe_space`), Discrete or Box.
+    env_id, env_kwargs: the env the training rollouts came from (imagination mimics it).
+    history: most steps the model attends to.
+    """
+
+    num_slots: int = 7
+    slot_dim: int = 64
+    perception: str = "smoothsa-sprites"
+    action_space: dict[str, Any] = field(default_factory=lambda: {"type": "Discrete", "n": 4, "start": 0})
+    env_id: str = "ocrl/ObjectGoal-v0"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    history: int = 8
+    width: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.action_space.get("type") not in ACTION_TYPES:
+            raise OcrlError(f"world models take Discrete or Box actions, not {self.action_space.get('type')}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
+        if min(self.num_slots, self.slot_dim, self.history, self.width, self.num_layers) < 1:
+            raise ValueError("num_slots, slot_dim, history, width and num_layers must be positive")
+
+    @property
+    def action_size(self) -> int:
+        """Discrete: number of actions; Box: number of action components."""
+        if self.action_space["type"] == "Discrete":
+            return int(self.action_space["n"])
+        return int(np.prod(self.action_space["shape"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "WorldModelConfig":
+        return dataclass_from_dict(cls, data, "world model config")
+
+
+def action_space_of(config: WorldModelConfig) -> spaces.Space:
+    """The gymnasium action space a world model acts in."""
+    description = config.action_space
+    if description["type"] == "Discrete":
+        return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
+    return spaces.Box(np.asarray(description["low"], np.float32), np.asarray(description["high"], np.float32), dtype=np.float32)
+
+
+@dataclass
+class WorldModelOutput:
+    """Predictions from every step t of a history (B, T): codes of step t + 1, reward of
+    t -> t + 1 and the logit that the episode continues after it."""
+
+    codes: SlotCodes
+    presence_logits: torch.Tensor  # (B, T, K)
+    reward: torch.Tensor  # (B, T)
+    continue_logits: torch.Tensor  # (B, T)
+
+
+def time_causal_mask(steps: int, tokens_per_step: int, device: torch.device | None = None) -> torch.Tensor:
+    """(S, S) bool, S = steps * tokens_per_step; True where attention is blocked (a later step)."""
+    step = torch.arange(steps, device=device).repeat_interleave(tokens_per_step)
+    return step[None, :] > step[:, None]
+
+
+class SlotWorldModel(nn.Module):
+    """See the module doc. Inputs and outputs are raw slot codes; actions are integer indices
+    (Discrete) or float vectors (Box)."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.slot_in = nn.Linear(config.slot_dim + 4 + 1, width)
+        if config.action_space["type"] == "Discrete":
+            self.action_in = nn.Embedding(config.action_size, width)
+        else:
+            self.action_in = nn.Linear(config.action_size, width)
+        self.token_type = nn.Parameter(torch.zeros(2, width))  # slot token, action token
+        self.time = nn.Parameter(torch.randn(config.history, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, config.num_heads, config.mlp_ratio * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.slot_out = nn.Linear(width, config.slot_dim + 4 + 1)
+        self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))  # reward, continue logit
+        nn.init.zeros_(self.slot_out.weight)  # starts as "nothing changes"
+        nn.init.zeros_(self.slot_out.bias)
+        with torch.no_grad():
+            self.step_out[-1].bias[1] = 3.0  # before training: episodes continue (probability 0.95)
+        self.register_buffer("slot_mean", torch.zeros(config.slot_dim))
+        self.register_buffer("slot_std", torch.ones(config.slot_dim))
+        if config.action_space["type"] == "Box":
+            self.register_buffer("action_low", torch.as_tensor(config.action_space["low"], dtype=torch.float32).flatten())
+            self.register_buffer("action_high", torch.as_tensor(config.action_space["high"], dtype=torch.float32).flatten())
+
+    @property
+    def device(self) -> torch.device:
+        return self.time.device
+
+    def set_slot_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise slots with these (D,) statistics of the training codes."""
+        self.slot_mean.copy_(mean)
+        self.slot_std.copy_(std.clamp_min(1e-3))
+
+    def embed_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, T) integer or (B, T, A) float actions -> (B, T, width)."""
+        if isinstance(self.action_in, nn.Embedding):
+            actions = actions.long() - int(self.config.action_space.get("start", 0))
+            if actions.ndim == 3 and actions.shape[-1] == 1:
+                actions = actions[..., 0]
+            if bool((actions < 0).any()) or bool((actions >= self.config.action_size).any()):
+                raise ValueError(f"actions must lie in the world model's Discrete({self.config.action_size}) space")
+            return self.action_in(actions)
+        actions = actions.float().flatten(2)
+        if actions.shape[-1] != self.config.action_size:
+            raise ValueError(f"actions have {actions.shape[-1]} components; the world model takes {self.config.action_size}")
+        # to [-1, 1] over the space's bounds (infinite bounds: left as they are)
+        low, high = self.action_low, self.action_high
+        finite = torch.isfinite(low) & torch.isfinite(high)
+        scaled = 2 * (actions.clamp(low, high) - low) / (high - low).clamp_min(1e-6) - 1
+        return self.action_in(torch.where(finite, scaled, actions))
+
+    def forward(self, codes: SlotCodes, actions: torch.Tensor) -> WorldModelOutput:
+        """codes with batch dims (B, T), T <= history; actions (B, T) or (B, T, A)."""
+        batch, steps = codes.batch_shape
+        k = self.config.num_slots
+        if (codes.num_slots, codes.slot_dim) != (k, self.config.slot_dim):
+            raise ValueError(f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {k} of {self.config.slot_dim}")
+        if steps > self.config.history:
+            raise ValueError(f"history of {steps} steps; the world model attends to at most {self.config.history}")
+        normalised = (codes.slots - self.slot_mean) / self.slot_std
+        slot_tokens = self.slot_in(torch.cat([normalised, codes.position, codes.presence[..., None]], -1)) + self.token_type[0]
+        action_tokens = self.embed_actions(actions)[:, :, None] + self.token_type[1]
+        tokens = torch.cat([slot_tokens, action_tokens], 2) + self.time[:steps, None]  # (B, T, K + 1, width)
+        mask = time_causal_mask(steps, k + 1, tokens.device)
+        hidden = self.norm(self.transformer(tokens.flatten(1, 2), mask=mask)).unflatten(1, (steps, k + 1))
+        delta = self.slot_out(hidden[:, :, :k])
+        slots = codes.slots + delta[..., : self.config.slot_dim] * self.slot_std
+        position = codes.position + delta[..., self.config.slot_dim : self.config.slot_dim + 4]
+        presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
+        step = self.step_out(hidden[:, :, k])
+        predicted = SlotCodes(slots, position, torch.sigmoid(presence_logits))
+        return WorldModelOutput(predicted, presence_logits, step[..., 0], step[..., 1])
+
+
+def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
+    return SlotWorldModel(config)
+
+
+register_model_kind("slot_world_model", WorldModelConfig, build_world_model)
+
+
+def slot_error(predicted: SlotCodes, target: SlotCodes, slot_std: torch.Tensor) -> torch.Tensor:
+    """(*batch) mean squared error of standardised slot vectors (1.0: the spread of the data)."""
+    return ((predicted.slots - target.slots) / slot_std).square().mean((-1, -2))
+
+
+def position_error(predicted: SlotCodes, target: SlotCodes) -> torch.Tensor:
+    """(*batch) mean squared error of positions (x, y, size, depth)."""
+    return (predicted.position - target.position).square().mean((-1, -2))
