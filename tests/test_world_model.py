@@ -106,8 +106,6 @@ def test_box_actions_and_bad_inputs():
     discrete = SlotWorldModel(small_config())
     with pytest.raises(ValueError, match="Discrete\\(4\\)"):
         discrete(random_codes(1, 2), torch.full((1, 2), 4))
-    with pytest.raises(ValueError, match="at most 4"):
-        discrete(random_codes(1, 5), torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="5 slots of 16"):
         discrete(random_codes(1, 2, slots=5), torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(OcrlError, match="Discrete or Box"):
@@ -189,26 +187,40 @@ def test_training_lowers_the_loss(store, tiny_perception):
     assert float(loss.detach()) < 0.5 * first
 
 
-def test_imagined_steps_match_the_model_on_the_last_history(world_model):
-    """The batched left-aligned buffers give what the model gives on each env's own window."""
+def test_cached_steps_give_what_the_model_gives_on_the_whole_episode():
+    """Stepping with the attention cache, past the history (the ring buffer wraps), equals one
+    forward over the episode so far; restarting an episode forgets its cache."""
+    model = trained_like(SlotWorldModel(small_config()))
+    torch.nn.init.normal_(model.distance_bias)
+    codes, actions = random_codes(3, 9), torch.randint(0, 4, (3, 9))
+    full = model(codes, actions)
+    cache, steps = model.new_cache(3), torch.zeros(3, dtype=torch.long)
+    for t in range(9):
+        output = model.step(codes[:, t], actions[:, t], cache, steps)
+        torch.testing.assert_close(output.codes.slots, full.codes.slots[:, t], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(output.reward, full.reward[:, t], atol=1e-5, rtol=1e-5)
+        steps += 1
+    cache.clear(torch.tensor([1]))
+    steps[1] = 0
+    restarted = model.step(codes[:, 0], actions[:, 0], cache, steps)
+    torch.testing.assert_close(restarted.codes.slots[1], full.codes.slots[1, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_imagination_vec_env_steps_truncates_and_restarts(world_model):
     model = trained_like(load_world_model(world_model))
-    starts = {key: value[:, 0].numpy() for key, value in (("slots", torch.randn(5, 1, 3, 16)), ("position", torch.rand(5, 1, 3, 4)), ("presence", torch.rand(5, 1, 3)))}
+    starts = {"slots": np.random.default_rng(0).normal(size=(5, 3, 16)).astype(np.float32), "position": np.full((5, 3, 4), 0.5, np.float32), "presence": np.full((5, 3), 0.5, np.float32)}
     venv = ImaginationVecEnv(model, starts, num_envs=3, max_episode_steps=7, seed=0)
     observation = venv.reset()
-    actions = np.random.default_rng(0).integers(0, 4, size=(9, 3))
-    history = [SlotCodes.from_numpy({key: value[:, None] for key, value in observation.items()})]
-    for t in range(6):  # past the history of 4, so the buffers roll
-        observation, rewards, dones, infos = venv.step(actions[t])
-        assert not dones.any()
-        codes = SlotCodes(*(torch.cat([getattr(step, key) for step in history], 1) for key in ("slots", "position", "presence")))
-        start = max(0, t + 1 - 4)
-        expected = model(codes[:, start:], torch.as_tensor(actions[start : t + 1].T)).codes[:, -1]
-        np.testing.assert_allclose(observation["slots"], expected.slots.detach().numpy(), atol=1e-4)
-        history.append(SlotCodes.from_numpy({key: value[:, None] for key, value in observation.items()}))
-    observation, rewards, dones, infos = venv.step(actions[6])
+    assert all(any(np.array_equal(observation["slots"][i], start) for start in starts["slots"]) for i in range(3))
+    for _ in range(6):
+        observation, rewards, dones, infos = venv.step(np.array([0, 1, 2]))
+        assert not dones.any() and rewards.shape == (3,)
+        assert venv.observation_space.contains({key: value[0] for key, value in observation.items()})
+    observation, rewards, dones, infos = venv.step(np.array([3, 3, 3]))
     assert dones.all() and all(info["TimeLimit.truncated"] and info["episode"]["l"] == 7 for info in infos)
     assert set(infos[0]["terminal_observation"]) == {"slots", "position", "presence"}
-    assert venv.observation_space.contains({key: value[0] for key, value in observation.items()})
+    assert all(any(np.array_equal(observation["slots"][i], start) for start in starts["slots"]) for i in range(3))
+    assert (venv.episodes.steps == 0).all()
 
 
 def test_imagination_env_passes_the_env_checkers(world_model):

@@ -1,8 +1,8 @@
 """How good a world model is on held-out rollouts.
 
 Open loop: from the true codes of ``context`` steps, the model predicts ``max(horizons)`` steps
-with the episode's true actions, feeding back its own predictions (a sliding window of
-``history`` steps). At each horizon h (h steps after the last true step) it is scored against
+with the episode's true actions, feeding back its own predictions, stepping exactly as
+imagination does. At each horizon h (h steps after the last true step) it is scored against
 the codes the perception model gives the real frames, next to the copy-last-state baseline
 (the last true codes held still):
 
@@ -35,29 +35,25 @@ from ocrl.errors import OcrlError
 from ocrl.evaluation import resize_frames
 from ocrl.slots import SlotCodes
 from ocrl.world_models.codes import CodeCache, encode_store
-from ocrl.world_models.imagination import check_pairing
+from ocrl.world_models.imagination import ImaginedEpisodes, check_pairing
 from ocrl.world_models.model import SlotWorldModel, position_error, slot_error
 
 
 @torch.no_grad()
 def open_loop(model: SlotWorldModel, codes: SlotCodes, actions: torch.Tensor, context: int, steps: int) -> SlotCodes:
     """Predict ``steps`` steps after the first ``context`` of ``codes`` (B, >= context) with
-    ``actions`` (B, context + steps - 1, ...); returns predicted codes (B, steps)."""
-    history = model.config.history
-    sequence = codes[:, :context]
+    ``actions`` (B, context + steps - 1, ...), stepping as imagination does; returns the
+    predicted codes (B, steps)."""
+    episodes = ImaginedEpisodes(model, codes.batch_shape[0])
+    episodes.observe(codes[:, 0])
     predicted = []
-    for step in range(steps):
-        end = context + step
-        start = max(0, end - history)
-        window = sequence[:, start:end]
-        prediction = model(window, actions[:, start:end]).codes[:, -1]
-        predicted.append(prediction)
-        sequence = _append(sequence, prediction)
+    for step in range(context + steps - 1):
+        output = episodes.step(actions[:, step])
+        if step + 1 < context:
+            episodes.observe(codes[:, step + 1])
+        else:
+            predicted.append(output.codes)
     return _stack(predicted)
-
-
-def _append(sequence: SlotCodes, step: SlotCodes) -> SlotCodes:
-    return SlotCodes(**{key: torch.cat([getattr(sequence, key), getattr(step, key)[:, None]], 1) for key in ("slots", "position", "presence")})
 
 
 def _stack(steps: list[SlotCodes]) -> SlotCodes:

@@ -7,9 +7,10 @@
 
 Episodes start from encoded real states (:func:`starts_from_env` resets the real env and encodes
 its first frames; :func:`starts_from_cache` takes the first codes of cached rollouts). Each step
-feeds the last ``history`` steps to the model; the reward is its reward head, the episode
+lets the model attend to the episode's last ``history`` steps; the reward is its reward head, the episode
 terminates when its continuation probability falls below 1/2, and it is truncated after
-``max_episode_steps``. Observations are slot codes in exactly the space of
+``max_episode_steps``. Steps are cheap: the model caches each step's keys and values and
+computes only the new step's tokens. Observations are slot codes in exactly the space of
 :class:`~ocrl.wrappers.ObjectCentricVecEnv` (``slots``, ``position``, ``presence``), so an agent
 trained in imagination acts in the real env as it is.
 """
@@ -25,7 +26,7 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from ocrl.slots import SlotCodes, observation_space
-from ocrl.world_models.model import SlotWorldModel, action_space_of
+from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
 
 CODE_KEYS = ("slots", "position", "presence")
 
@@ -67,60 +68,53 @@ def starts_from_cache(directory) -> dict[str, np.ndarray]:
 
 
 class ImaginedEpisodes:
-    """The histories of ``batch_size`` imagined episodes, advanced together.
+    """``batch_size`` imagined episodes, advanced together one step at a time.
 
-    Histories are left-aligned in buffers of ``history`` steps; ``lengths`` says how many steps
-    each holds. The model's attention is causal in time, so the unused tail of a short history
-    never reaches the steps before it; a full history drops its oldest step.
+    Each step runs the model on the K + 1 new tokens of every episode, attending to the cached
+    keys and values of its last ``history - 1`` steps (:class:`~ocrl.world_models.model.AttentionCache`).
+    Predicted positions are clamped to the bounds of the codes' space.
     """
 
     def __init__(self, model: SlotWorldModel, batch_size: int):
         config = model.config
         self.model = model.eval()
-        self.history = config.history
+        self.cache = model.new_cache(batch_size)
         device = model.device
-        shape = (batch_size, config.history, config.num_slots)
         self.codes = SlotCodes(
-            torch.zeros(*shape, config.slot_dim, device=device),
-            torch.zeros(*shape, 4, device=device),
-            torch.zeros(*shape, device=device),
+            torch.zeros(batch_size, config.num_slots, config.slot_dim, device=device),
+            torch.zeros(batch_size, config.num_slots, 4, device=device),
+            torch.zeros(batch_size, config.num_slots, device=device),
         )
-        discrete = config.action_space["type"] == "Discrete"
-        start = int(config.action_space.get("start", 0)) if discrete else 0
-        self.actions = torch.full((batch_size, config.history), start, dtype=torch.long, device=device) if discrete else torch.zeros(batch_size, config.history, config.action_size, device=device)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.rows = torch.arange(batch_size, device=device)
+        self.steps = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.discrete = config.action_space["type"] == "Discrete"
 
     def start(self, rows: np.ndarray, codes: dict[str, np.ndarray]) -> None:
         """Begin new episodes in ``rows`` from ``codes`` (len(rows), K, ...)."""
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
+        index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.steps.device)
         for key in CODE_KEYS:
-            getattr(self.codes, key)[index, 0] = torch.as_tensor(codes[key], dtype=torch.float32, device=index.device)
-        self.lengths[index] = 1
+            getattr(self.codes, key)[index] = torch.as_tensor(np.asarray(codes[key]), dtype=torch.float32, device=index.device)
+        self.steps[index] = 0
+        self.cache.clear(index)
+
+    def observe(self, codes: SlotCodes) -> None:
+        """Replace the current codes of all episodes (e.g. with true ones, to give context)."""
+        self.codes = codes
 
     @torch.no_grad()
-    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Act in every episode: (next codes as numpy arrays, reward (B,), continuation probability (B,))."""
-        actions = torch.as_tensor(np.asarray(actions), device=self.actions.device).reshape(self.actions[:, 0].shape).to(self.actions.dtype)
-        last = self.lengths - 1
-        self.actions[self.rows, last] = actions
-        output = self.model(self.codes, self.actions)
-        predicted = output.codes[self.rows, last]
-        reward, continues = output.reward[self.rows, last], torch.sigmoid(output.continue_logits[self.rows, last])
-        full = self.lengths == self.history
-        if bool(full.any()):
-            for tensor in (self.codes.slots, self.codes.position, self.codes.presence, self.actions):
-                tensor[full] = tensor[full].roll(-1, dims=1)
-            self.lengths[full] -= 1
-        position = predicted.position.clone()
+    def step(self, actions: Any) -> WorldModelOutput:
+        """Act in every episode (actions (B,) or (B, A)); returns the model's predictions (B,)
+        and makes the predicted codes current."""
+        actions = torch.as_tensor(np.asarray(actions) if not torch.is_tensor(actions) else actions, device=self.steps.device)
+        actions = actions.reshape(len(self.steps), -1)[:, 0] if self.discrete else actions.reshape(len(self.steps), -1).float()
+        output = self.model.step(self.codes, actions, self.cache, self.steps)
+        position = output.codes.position.clone()
         position[..., :2] = position[..., :2].clamp(-1, 1)
         position[..., 2:] = position[..., 2:].clamp_min(0)
-        position[..., 3] = position[..., 3].clamp(0, 1)  # the bounds of the codes' space
-        next_codes = SlotCodes(predicted.slots, position, predicted.presence)
-        for key in CODE_KEYS:
-            getattr(self.codes, key)[self.rows, self.lengths] = getattr(next_codes, key)
-        self.lengths += 1
-        return next_codes.to_numpy(), reward.float().cpu().numpy(), continues.float().cpu().numpy()
+        position[..., 3] = position[..., 3].clamp(0, 1)
+        output.codes = SlotCodes(output.codes.slots, position, output.codes.presence)
+        self.codes = output.codes
+        self.steps += 1
+        return output
 
 
 class ImaginationVecEnv(VecEnv):
@@ -174,7 +168,7 @@ class ImaginationVecEnv(VecEnv):
         self._actions = actions
 
     def step_wait(self):
-        codes, rewards, continues = self.episodes.step(self._actions)
+        codes, rewards, continues = _numpy(self.episodes.step(self._actions))
         self.episode_steps += 1
         self.episode_returns += rewards
         terminated = continues < 0.5
@@ -231,12 +225,17 @@ class ImaginationEnv(gym.Env):
     def step(self, action):
         if self._done:
             raise RuntimeError("call reset() before step(): the episode has ended")
-        codes, rewards, continues = self.vector.episodes.step(np.asarray(action)[None])
+        codes, rewards, continues = _numpy(self.vector.episodes.step(np.asarray(action)[None]))
         self.vector.episode_steps += 1
         terminated = bool(continues[0] < 0.5)
         truncated = bool(self.vector.episode_steps[0] >= self.vector.max_episode_steps)
         self._done = terminated or truncated
         return {key: codes[key][0] for key in CODE_KEYS}, float(rewards[0]), terminated, truncated, {"continue_probability": float(continues[0])}
+
+
+def _numpy(output: WorldModelOutput) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(codes, reward, continuation probability) of a step as numpy arrays."""
+    return output.codes.to_numpy(), output.reward.float().cpu().numpy(), torch.sigmoid(output.continue_logits).float().cpu().numpy()
 
 
 def _time_limit(env_id: str) -> int:

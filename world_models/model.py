@@ -1,8 +1,13 @@
 """The slot-transformer world model: dynamics, reward and continuation over slot codes and actions.
 
-Each step of a history contributes K slot tokens (slot vector, position and presence of one
-slot) and one action token. Attention is causal in time and full across the tokens of a step,
-so a step's tokens see its own slots and action and every earlier step. From step t the model
+Each step contributes K slot tokens (slot vector, position and presence of one slot) and one
+action token. Attention is causal in time, reaches back ``history`` steps (a sliding window)
+and is full across the tokens of a step, so a step's tokens see its own slots and action and the
+``history - 1`` steps before it. Time enters only as a learned attention bias per head and step
+distance, so a step's keys and values do not depend on where a window starts: imagination
+caches them (:class:`AttentionCache`) and computes only the K + 1 new tokens per step, and
+stepping with the cache gives exactly what :meth:`SlotWorldModel.forward` gives on the whole
+episode so far. From step t the model
 predicts the codes of step t + 1 (per slot, as a residual on step t's codes), the reward of the
 transition t -> t + 1 and whether the episode continues after it (both from the action token,
 which acts as the step's CLS token: it attends to all slots of its step).
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+import torch.nn.functional as F
 from torch import nn
 
 from ocrl.checkpoint import register_model_kind
@@ -53,7 +59,7 @@ class WorldModelConfig:
     width: int = 128
     num_layers: int = 3
     num_heads: int = 4
-    mlp_ratio: int = 4
+    mlp_ratio: int = 2
 
     def __post_init__(self) -> None:
         if self.action_space.get("type") not in ACTION_TYPES:
@@ -97,10 +103,52 @@ class WorldModelOutput:
     continue_logits: torch.Tensor  # (B, T)
 
 
-def time_causal_mask(steps: int, tokens_per_step: int, device: torch.device | None = None) -> torch.Tensor:
-    """(S, S) bool, S = steps * tokens_per_step; True where attention is blocked (a later step)."""
-    step = torch.arange(steps, device=device).repeat_interleave(tokens_per_step)
-    return step[None, :] > step[:, None]
+@dataclass
+class AttentionCache:
+    """Keys and values of the last ``history`` steps of B episodes, for stepping one step at a
+    time. Ring buffers: step t lives in slot ``t % history``; ``steps`` (B, history) says which
+    step each slot holds (-1: none)."""
+
+    keys: list[torch.Tensor]  # per layer (B, heads, history, K + 1, head width)
+    values: list[torch.Tensor]
+    steps: torch.Tensor  # (B, history) long
+
+    def clear(self, rows: torch.Tensor) -> None:
+        """Forget the history of episodes ``rows`` (they start again)."""
+        self.steps[rows] = -1
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer block whose attention takes an additive bias, and optionally reads
+    and writes an attention cache."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * width, width))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, N, W); bias (B or 1, heads, N or 1, keys), -inf where attention is blocked.
+
+        Without ``cache`` x attends to itself (keys = N). With ``cache`` = (keys, values, rows,
+        slot), buffers (B, heads, slots, N, W / heads): x's keys and values are written to
+        ``slot`` (B,) of each row, then x attends to all slots (keys = slots * N).
+        """
+        batch, tokens, width = x.shape
+        # view/permute rather than einops: imagination calls this thousands of times a second
+        q, k, v = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            keys, values, rows, slot = cache
+            keys[rows, :, slot] = k
+            values[rows, :, slot] = v
+            k, v = keys.flatten(2, 3), values.flatten(2, 3)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
+        return x + self.mlp(self.norm2(x))
 
 
 class SlotWorldModel(nn.Module):
@@ -116,10 +164,9 @@ class SlotWorldModel(nn.Module):
             self.action_in = nn.Embedding(config.action_size, width)
         else:
             self.action_in = nn.Linear(config.action_size, width)
-        self.token_type = nn.Parameter(torch.zeros(2, width))  # slot token, action token
-        self.time = nn.Parameter(torch.randn(config.history, width) * 0.02)
-        layer = nn.TransformerEncoderLayer(width, config.num_heads, config.mlp_ratio * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.token_type = nn.Parameter(torch.randn(2, width) * 0.02)  # slot token, action token
+        self.distance_bias = nn.Parameter(torch.zeros(config.num_heads, config.history))  # by step distance 0 .. history - 1
+        self.blocks = nn.ModuleList(AttentionBlock(width, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(width)
         self.slot_out = nn.Linear(width, config.slot_dim + 4 + 1)
         self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))  # reward, continue logit
@@ -135,7 +182,7 @@ class SlotWorldModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.time.device
+        return self.token_type.device
 
     def set_slot_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise slots with these (D,) statistics of the training codes."""
@@ -160,27 +207,71 @@ class SlotWorldModel(nn.Module):
         scaled = 2 * (actions.clamp(low, high) - low) / (high - low).clamp_min(1e-6) - 1
         return self.action_in(torch.where(finite, scaled, actions))
 
-    def forward(self, codes: SlotCodes, actions: torch.Tensor) -> WorldModelOutput:
-        """codes with batch dims (B, T), T <= history; actions (B, T) or (B, T, A)."""
-        batch, steps = codes.batch_shape
-        k = self.config.num_slots
-        if (codes.num_slots, codes.slot_dim) != (k, self.config.slot_dim):
-            raise ValueError(f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {k} of {self.config.slot_dim}")
-        if steps > self.config.history:
-            raise ValueError(f"history of {steps} steps; the world model attends to at most {self.config.history}")
+    def _check(self, codes: SlotCodes) -> None:
+        if (codes.num_slots, codes.slot_dim) != (self.config.num_slots, self.config.slot_dim):
+            raise ValueError(f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {self.config.num_slots} of {self.config.slot_dim}")
+
+    def _tokens(self, codes: SlotCodes, actions: torch.Tensor) -> torch.Tensor:
+        """codes (B, T), actions (B, T, ...) -> tokens (B, T, K + 1, width)."""
         normalised = (codes.slots - self.slot_mean) / self.slot_std
         slot_tokens = self.slot_in(torch.cat([normalised, codes.position, codes.presence[..., None]], -1)) + self.token_type[0]
         action_tokens = self.embed_actions(actions)[:, :, None] + self.token_type[1]
-        tokens = torch.cat([slot_tokens, action_tokens], 2) + self.time[:steps, None]  # (B, T, K + 1, width)
-        mask = time_causal_mask(steps, k + 1, tokens.device)
-        hidden = self.norm(self.transformer(tokens.flatten(1, 2), mask=mask)).unflatten(1, (steps, k + 1))
-        delta = self.slot_out(hidden[:, :, :k])
-        slots = codes.slots + delta[..., : self.config.slot_dim] * self.slot_std
-        position = codes.position + delta[..., self.config.slot_dim : self.config.slot_dim + 4]
+        return torch.cat([slot_tokens, action_tokens], 2)
+
+    def _bias(self, distance: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """distance, allowed (B, Nq, Nk) -> attention bias (B, heads, Nq, Nk)."""
+        bias = self.distance_bias[:, distance.clamp(0, self.config.history - 1)].movedim(0, 1)
+        return bias.masked_fill(~allowed[:, None], float("-inf"))
+
+    def _heads(self, codes: SlotCodes, hidden: torch.Tensor) -> WorldModelOutput:
+        """Input codes (*batch) and final hidden tokens (*batch, K + 1, width) -> predictions."""
+        k, dim = self.config.num_slots, self.config.slot_dim
+        hidden = self.norm(hidden)
+        delta = self.slot_out(hidden[..., :k, :])
+        slots = codes.slots + delta[..., :dim] * self.slot_std
+        position = codes.position + delta[..., dim : dim + 4]
         presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
-        step = self.step_out(hidden[:, :, k])
-        predicted = SlotCodes(slots, position, torch.sigmoid(presence_logits))
-        return WorldModelOutput(predicted, presence_logits, step[..., 0], step[..., 1])
+        step = self.step_out(hidden[..., k, :])
+        return WorldModelOutput(SlotCodes(slots, position, torch.sigmoid(presence_logits)), presence_logits, step[..., 0], step[..., 1])
+
+    def forward(self, codes: SlotCodes, actions: torch.Tensor) -> WorldModelOutput:
+        """Predictions from every step of codes with batch dims (B, T) and actions (B, T) or
+        (B, T, A); step t attends to steps t - history + 1 .. t of those given."""
+        self._check(codes)
+        steps = codes.batch_shape[1]
+        tokens = self._tokens(codes, actions)
+        step = torch.arange(steps, device=tokens.device).repeat_interleave(self.config.num_slots + 1)
+        distance = (step[:, None] - step[None, :])[None]
+        bias = self._bias(distance, (distance >= 0) & (distance < self.config.history))
+        x = tokens.flatten(1, 2)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self._heads(codes, x.unflatten(1, (steps, self.config.num_slots + 1)))
+
+    def new_cache(self, batch_size: int) -> AttentionCache:
+        """An empty :class:`AttentionCache` for stepping ``batch_size`` episodes."""
+        config = self.config
+        shape = (batch_size, config.num_heads, config.history, config.num_slots + 1, config.width // config.num_heads)
+        return AttentionCache(
+            [torch.zeros(shape, device=self.device) for _ in self.blocks],
+            [torch.zeros(shape, device=self.device) for _ in self.blocks],
+            torch.full((batch_size, config.history), -1, dtype=torch.long, device=self.device),
+        )
+
+    def step(self, codes: SlotCodes, actions: torch.Tensor, cache: AttentionCache, steps: torch.Tensor) -> WorldModelOutput:
+        """One step of B episodes: codes (B,) of their step ``steps`` (B,) (0 at an episode's
+        start), actions (B,) or (B, A). Caches this step, attending to it and the cached ones."""
+        self._check(codes)
+        x = self._tokens(codes._map(lambda tensor: tensor[:, None]), actions[:, None])[:, 0]  # (B, K + 1, width)
+        rows = torch.arange(len(steps), device=x.device)
+        slot = steps % self.config.history
+        cache.steps[rows, slot] = steps
+        distance = (steps[:, None] - cache.steps).repeat_interleave(self.config.num_slots + 1, 1)[:, None]  # (B, 1, keys)
+        allowed = (distance >= 0) & (distance < self.config.history) & (cache.steps >= 0).repeat_interleave(self.config.num_slots + 1, 1)[:, None]
+        bias = self._bias(distance, allowed)  # (B, heads, 1, keys): the same for every new token
+        for layer, block in enumerate(self.blocks):
+            x = block(x, bias, (cache.keys[layer], cache.values[layer], rows, slot))
+        return self._heads(codes, x)
 
 
 def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
