@@ -3,7 +3,8 @@ several seeds, evaluated on 50 held-out episodes each.
 
     .venv/bin/python benchmarks/agent_learning.py --env ocrl/ObjectGoal-v0 --steps 100000 --seeds 0 1 2 --out runs/learning
 
-Agents land in OUT/<env>/<observation>-<seed> (rerunning resumes them); results in OUT/results.json.
+Observation ``imagination`` is slot-code PPO trained only inside the world model ``--imagination``
+(the same number of imagined steps) and evaluated in the real env. Agents land in OUT/<env>/<observation>-<seed> (rerunning resumes them); results in OUT/results.json.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def main() -> None:
     parser.add_argument("--observations", nargs="+", default=["slots", "pixels", "ground_truth"])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if "imagination" in args.observations and not args.imagination:
+        parser.error("observation 'imagination' needs --imagination WORLD_MODEL")
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for env_id in args.env:
@@ -36,7 +40,11 @@ def main() -> None:
                 if name in results:
                     continue
                 started = time.perf_counter()
-                metrics = train_agent(AgentConfig(env_id=env_id, observation=observation), args.out / env_id.replace("/", "_") / f"{observation}-{seed}", steps=args.steps, seed=seed, eval_episodes=50)
+                if observation == "imagination":
+                    config = AgentConfig(env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()))
+                else:
+                    config = AgentConfig(env_id=env_id, observation=observation)
+                metrics = train_agent(config, args.out / env_id.replace("/", "_") / f"{observation}-{seed}", steps=args.steps, seed=seed, eval_episodes=50)
                 results[name] = {**metrics, "seconds": round(time.perf_counter() - started)}
                 args.out.mkdir(parents=True, exist_ok=True)
                 write_atomically(results_path, lambda file: file.write(json.dumps(results, indent=2).encode()))

@@ -180,13 +180,15 @@ def run_eval_perception(args: argparse.Namespace) -> int:
 def add_viz(subparsers) -> None:
     parser = subparsers.add_parser(
         "viz",
-        help="pictures of what a perception model sees in an episode",
-        description="Write PREFIX.png (input, reconstruction, segmentation and each slot over time) and PREFIX.gif.",
+        help="pictures of what a perception model sees in an episode, or a world model imagines",
+        description="Write PREFIX.png (input, reconstruction, segmentation and each slot over time) and PREFIX.gif; with --world-model, real against imagined frames.",
     )
     _add_model_arguments(parser, "rollout store")
     parser.add_argument("--episode", default=0, type=_non_negative_int, help="episode position in the store (default 0)")
     parser.add_argument("--frames", default=12, type=_positive_int, help="frames from the episode start (default 12)")
     parser.add_argument("--out", required=True, type=Path, help="output prefix: writes PREFIX.png and PREFIX.gif")
+    parser.add_argument("--world-model", type=Path, help="show real against imagined frames of this world model instead (CHECKPOINT: its perception model)")
+    parser.add_argument("--context", default=4, type=_positive_int, help="with --world-model: true frames before imagining (default 4)")
     parser.set_defaults(run=run_viz, parser=parser)
 
 
@@ -199,6 +201,14 @@ def run_viz(args: argparse.Namespace) -> int:
     if args.episode >= len(store):
         raise OcrlError(f"{args.data} has {len(store)} episodes; --episode {args.episode} is out of range")
     model = _load_model(args.checkpoint, args.device)
+    if args.world_model is not None:
+        from ocrl.world_models import load_world_model
+        from ocrl.world_models.evaluation import save_imagination_pictures
+
+        world_model = load_world_model(args.world_model, device=args.device)
+        png, gif = _user_errors(lambda: save_imagination_pictures(world_model, model, store, args.episode, args.frames, args.context, args.out))
+        print(f"wrote {png} and {gif}")
+        return 0
     frames = store.episode(args.episode).frames(0, args.frames)
     encoded = encode_video(model, frames[None])
     shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")

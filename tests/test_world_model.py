@@ -279,6 +279,10 @@ def test_cli_trains_and_evaluates_a_world_model(store, tiny_perception, tmp_path
     assert main(["eval-world-model", str(out), "--data", str(store.path), "--horizons", "1", "2", "--context", "2", "--out", str(tmp_path / "scores.json")]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert set(scores["open_loop"]) == {"1", "2"}
+    assert main(["viz", tiny_perception, "--data", str(store.path), "--world-model", str(out), "--frames", "5", "--context", "2", "--out", str(tmp_path / "imagined")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "imagined.png").size[1] > 4 * 32 and Image.open(tmp_path / "imagined.gif").n_frames == 5
     capsys.readouterr()
     assert main(["train-world-model", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "w")]) == 2
     assert main(["eval-world-model", tiny_perception, "--data", str(store.path)]) == 2

@@ -168,3 +168,31 @@ def _one_step_scores(model: SlotWorldModel, codes: CodeCache) -> dict[str, float
         "reward_accuracy_nonzero": round(float((snapped[nonzero] == rewards[nonzero]).float().mean()), 5) if bool(nonzero.any()) else None,
         "continue_accuracy": round(float(((predicted_continues >= 0.5) == (continues >= 0.5)).float().mean()), 5),
     }
+
+
+@torch.no_grad()
+def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module, store: RolloutStore, episode: int, frames: int, context: int, prefix: str | os.PathLike, scale: int = 2) -> tuple[os.PathLike, os.PathLike]:
+    """Real against imagined, over ``frames`` frames of an episode: PREFIX.png has rows real
+    frames | decoded real codes | decoded imagined codes | imagined segmentation; PREFIX.gif
+    shows the same four side by side per frame. The first ``context`` frames are given to the
+    model, the rest it imagines from the episode's actions."""
+    from ocrl.viz import _to_uint8, grid, save_gif, save_png, slot_colours
+    from ocrl.world_models.codes import _encode_videos
+
+    check_pairing(model, perception)
+    record = store.episode(episode)
+    video = record.frames(0, frames)
+    if len(video) <= context:
+        raise OcrlError(f"episode {episode} has {len(video)} frames; imagining after {context} needs more")
+    real = SlotCodes.from_numpy({key: value[None] for key, value in _encode_videos(perception, [video])[0].items()}, device=model.device)
+    actions = torch.as_tensor(record.actions[: len(video) - 1], device=model.device)[None]
+    imagined = open_loop(model, real, actions, context, len(video) - context)
+    slots = torch.cat([real.slots[0, :context], imagined.slots[0]])
+    shown = _to_uint8(resize_frames(video, perception.resolution).numpy())
+    decoded_real = perception.decode(real.slots[0].to(perception.device))
+    decoded = perception.decode(slots.to(perception.device))
+    segmentation = slot_colours(model.config.num_slots)[decoded.masks.float().argmax(1).cpu().numpy()]
+    rows = [list(shown), list(_to_uint8(decoded_real.reconstruction.float().clamp(0, 1).cpu().numpy())), list(_to_uint8(decoded.reconstruction.float().clamp(0, 1).cpu().numpy())), list(segmentation)]
+    png = save_png(grid(rows, scale=scale), f"{prefix}.png")
+    gif = save_gif([grid([[row[t] for row in rows]], scale=scale) for t in range(len(video))], f"{prefix}.gif")
+    return png, gif
