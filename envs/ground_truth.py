@@ -17,6 +17,9 @@ key                 shape, dtype          meaning
 ``object_depth``    (N,) float32          depth of the object, same units as ``depth``
 ``object_colour``   (N, 3) float32        RGB in [0, 1]
 ``object_shape``    tuple of N str        shape or type name (``"circle"``, ``"key"``, a geom name)
+``object_box``      (N, 4) float32        optional: x_min, y_min, x_max, y_max of the object's
+                                          pixels in [-1, 1] units, NaN where it has none
+                                          (MOVi stores give it; conditional slot queries use it)
 ==================  ====================  =====================================================
 
 N is the number of objects the env tracks, visible or not; an object with no pixel in
@@ -33,7 +36,7 @@ import numpy as np
 
 GROUND_TRUTH_KEY = "ground_truth"
 FRAME_KEYS = ("masks", "depth")
-OBJECT_KEYS = ("object_position", "object_size", "object_depth", "object_colour", "object_shape")
+OBJECT_KEYS = ("object_position", "object_size", "object_depth", "object_colour", "object_shape", "object_box")
 
 
 def make_ground_truth(

@@ -616,6 +616,16 @@ class RolloutWriter:
             self.write_manifest()
         return record
 
+    def add_written(self, record: EpisodeRecord) -> None:
+        """Register an episode file that :func:`write_episode` already wrote into this store
+        (by a worker process, say); the manifest follows as after :meth:`add`."""
+        if record.file != f"{EPISODE_DIR}/{episode_file_name(record.index)}" or not (self.path / record.file).is_file():
+            raise OcrlError(f"{self.path / record.file}: no episode file {record.index} to register")
+        self._episodes[record.index] = record
+        self._dirty = True
+        if time.monotonic() - self._last_write >= self.manifest_interval:
+            self.write_manifest()
+
     def write_manifest(self) -> None:
         if not self._dirty:
             return
