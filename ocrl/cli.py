@@ -118,7 +118,8 @@ def add_pretrain(subparsers) -> None:
     )
     parser.add_argument("--data", required=True, nargs="+", type=Path, help="rollout store(s) from 'ocrl collect'")
     parser.add_argument("--model", default="smoothsa", choices=["slot_attention", "tf_inv", "smoothsa"], help="model family (default smoothsa)")
-    parser.add_argument("--config", default="quick", choices=["quick", "base"], help="quick: minutes on a CPU; base: a GPU run")
+    parser.add_argument("--config", default="quick", choices=["quick", "base", "movi-c", "movi-e"], help="quick: minutes on a CPU; base: a GPU run; movi-c / movi-e: the papers' MOVi set-ups (11 / 24 slots, 6-frame clips, 128 px)")
+    parser.add_argument("--conditional", action="store_true", help="first-frame slot queries from the ground-truth object boxes (SAVi's conditioning; needs a store with object_box, e.g. from 'ocrl movi convert')")
     parser.add_argument("--out", required=True, type=Path, help="checkpoint directory (resumed if it holds this model)")
     parser.add_argument("--steps", type=_positive_int, help="optimisation steps (default from --config)")
     parser.add_argument("--batch-size", type=_positive_int, help="clips per step and process (default from --config)")
@@ -131,7 +132,7 @@ def add_pretrain(subparsers) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     from ocrl.training import pretrain
 
-    pretrain(args.data, args.out, family=args.model, preset=args.config, num_slots=args.slots, steps=args.steps, batch_size=args.batch_size, device=args.device, tensorboard=args.tensorboard)
+    pretrain(args.data, args.out, family=args.model, preset=args.config, num_slots=args.slots, steps=args.steps, batch_size=args.batch_size, device=args.device, tensorboard=args.tensorboard, conditional=args.conditional)
     return 0
 
 
@@ -379,7 +380,67 @@ def run_eval_world_model(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz, add_train_agent, add_eval_agent, add_train_world_model, add_eval_world_model]
+# --- ocrl movi convert / generate ---------------------------------------------------------------
+
+
+def add_movi(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "movi",
+        help="Kubric MOVi datasets: convert TFDS shards into a rollout store, or generate MOVi-style videos with MuJoCo",
+        description="Read MOVi TFRecord shards without TensorFlow (see README: MOVi).",
+    )
+    movi_commands = parser.add_subparsers(title="movi commands", dest="movi_command", required=True, metavar="<movi command>")
+    parser.set_defaults(parser=parser)
+
+    convert = movi_commands.add_parser(
+        "convert",
+        help="convert MOVi TFRecord shards into a rollout store",
+        description="Convert MOVi TFRecord shards (a file, a directory or a quoted glob) into a rollout store that 'ocrl pretrain' and 'ocrl eval-perception' read; rerun to resume.",
+    )
+    convert.add_argument("source", metavar="SRC", help="shard file, directory of *.tfrecord* shards, or a quoted glob")
+    convert.add_argument("out", metavar="DST", type=Path, help="store directory (created, or resumed if it is a store)")
+    convert.add_argument("--resolution", type=_positive_int, help="frame side in the store, an integer fraction of the shards' (default: the shards')")
+    convert.add_argument("--workers", type=_non_negative_int, help="processes (default: CPU count; 0: this process)")
+    convert.add_argument("--max-videos", type=_positive_int, help="convert only the first so many videos")
+    convert.set_defaults(run=run_movi_convert, parser=convert)
+
+    generate = movi_commands.add_parser(
+        "generate",
+        help="render MOVi-style physics videos with MuJoCo into TFRecord shards",
+        description="Render MOVi-style videos (objects dropped and thrown onto a floor) with MuJoCo, written as TFRecord shards in the MOVi schema; rerun to resume.",
+    )
+    generate.add_argument("out", metavar="DST", type=Path, help="directory for the shards")
+    generate.add_argument("--videos", required=True, type=_positive_int, help="number of videos")
+    generate.add_argument("--resolution", default=128, type=_positive_int, help="frame side in pixels (default 128)")
+    generate.add_argument("--frames", default=24, type=_positive_int, help="frames per video (default 24, at 12 fps)")
+    generate.add_argument("--min-objects", default=3, type=_positive_int, help="fewest objects per video (default 3)")
+    generate.add_argument("--max-objects", default=10, type=_positive_int, help="most objects per video (default 10)")
+    generate.add_argument("--moving-camera", action="store_true", help="the camera travels during each video (MOVi-E)")
+    generate.add_argument("--seed", default=0, type=_non_negative_int, help="video i depends on (seed, i) only (default 0)")
+    generate.add_argument("--split", default="train", help="split name in the shard names (default train)")
+    generate.add_argument("--videos-per-shard", default=32, type=_positive_int, help="videos per shard (default 32)")
+    generate.add_argument("--workers", type=_non_negative_int, help="processes (default: CPU count)")
+    generate.set_defaults(run=run_movi_generate, parser=generate)
+
+
+def run_movi_convert(args: argparse.Namespace) -> int:
+    from ocrl.data.movi_convert import convert_movi
+
+    store = convert_movi(args.source, args.out, resolution=args.resolution, workers=args.workers, max_videos=args.max_videos)
+    print(f"{args.out}: {len(store)} videos of {store.frame_shape[0]}x{store.frame_shape[1]} ({store.env_id})")
+    return 0
+
+
+def run_movi_generate(args: argparse.Namespace) -> int:
+    from ocrl.data.movi_generator import GeneratorConfig, generate_movi
+
+    config = GeneratorConfig(resolution=args.resolution, num_frames=args.frames, min_objects=args.min_objects, max_objects=args.max_objects, moving_camera=args.moving_camera)
+    shards = generate_movi(args.out, args.videos, config, seed=args.seed, videos_per_shard=args.videos_per_shard, split=args.split, workers=args.workers)
+    print(f"{args.out}: {args.videos} videos in {len(shards)} shards")
+    return 0
+
+
+COMMANDS: list[Callable] = [add_collect, add_pretrain, add_eval_perception, add_viz, add_train_agent, add_eval_agent, add_train_world_model, add_eval_world_model, add_movi]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ocrl import metrics
+from ocrl.data.dataset import episode_conditions
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
+from ocrl.perception.initializers import ConditionalQueries
 
 
 def resize_frames(frames: np.ndarray, resolution: int) -> torch.Tensor:
@@ -34,10 +36,11 @@ def resize_frames(frames: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_video(model, frames: np.ndarray) -> dict[str, torch.Tensor]:
+def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Encode videos online, frame by frame.
 
-    frames: uint8 (B, T, H, W, 3). Returns ``masks`` (B, T, K, R, R), ``reconstructions``
+    frames: uint8 (B, T, H, W, 3); conditions: (B, K, 4) for a conditional initializer (first
+    frame only). Returns ``masks`` (B, T, K, R, R), ``reconstructions``
     (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``.
     """
     batch, length = frames.shape[:2]
@@ -45,7 +48,7 @@ def encode_video(model, frames: np.ndarray) -> dict[str, torch.Tensor]:
     masks, reconstructions, slots = [], [], []
     for t in range(length):
         inputs = resize_frames(frames[:, t], model.resolution)
-        _, state = model.step(inputs, state, is_first=t == 0)
+        _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         decoded = model.decode(state.slots)  # once, for both masks and reconstruction
         masks.append(decoded.masks.float().cpu())
         reconstructions.append(decoded.reconstruction.float().clamp(0, 1).cpu())
@@ -63,7 +66,8 @@ def evaluate_perception(
 ) -> dict[str, Any]:
     """Scores of ``model`` on the episodes of a rollout store with ground-truth masks.
 
-    Episodes shorter than ``num_frames`` frames are skipped. Predicted masks are upsampled to
+    Episodes shorter than ``num_frames`` frames are skipped. A model with conditional queries
+    gets the ground-truth boxes of each video's first frame (``object_box``), as SAVi is evaluated. Predicted masks are upsampled to
     the ground truth's resolution before the argmax. Returns means over videos (NaN-free: a
     video with no foreground object is left out) and their counts.
     """
@@ -73,6 +77,7 @@ def evaluate_perception(
     chosen = [i for i, record in enumerate(store.episodes) if record.length + 1 >= num_frames][:max_episodes]
     if not chosen:
         raise OcrlError(f"no episode in {store.path} has {num_frames} frames; pass a smaller --frames")
+    conditional = isinstance(model.initializer, ConditionalQueries)
     model.eval()
     scores: dict[str, list[torch.Tensor]] = {"fg_ari": [], "fg_ari_frame": [], "miou": [], "mbo": []}
     started = time.perf_counter()
@@ -80,7 +85,8 @@ def evaluate_perception(
         episodes = [store.episode(i) for i in chosen[begin : begin + batch_size]]
         frames = np.stack([episode.frames(0, num_frames) for episode in episodes])
         truth = torch.from_numpy(np.stack([episode.ground_truth(0, num_frames, keys=["masks"])["masks"] for episode in episodes]))
-        masks = encode_video(model, frames)["masks"]
+        conditions = np.stack([episode_conditions(store, i, 0, model.num_slots) for i in chosen[begin : begin + batch_size]]) if conditional else None
+        masks = encode_video(model, frames, conditions)["masks"]
         height, width = truth.shape[-2:]
         if masks.shape[-2:] != (height, width):
             masks = F.interpolate(masks.flatten(0, 1), size=(height, width), mode="bilinear").unflatten(0, masks.shape[:2])

@@ -56,7 +56,13 @@ class TrainingConfig:
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "quick": ("quick", TrainingConfig(steps=7_000)),  # about 27 minutes on 2 CPU cores
     "base": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
+    # the MOVi set-ups of SAVi / VideoSAUR / SmoothSA: 6-frame training clips at 128 px (videos of
+    # 24 frames are evaluated whole: ocrl eval-perception --frames 24), a GPU run
+    "movi-c": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
+    "movi-e": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
 }
+# model settings a preset fixes: MOVi-C has up to 10 objects + background, MOVi-E up to 23
+PRESET_MODELS: dict[str, dict[str, int]] = {"movi-c": {"num_slots": 11, "resolution": 128}, "movi-e": {"num_slots": 24, "resolution": 128}}
 
 
 def learning_rate_factor(step: int, config: TrainingConfig) -> float:
@@ -125,6 +131,7 @@ def pretrain(
     device: str | torch.device | None = None,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
+    conditional: bool = False,
 ) -> Path:
     """Train (or resume training) a perception model on rollout stores; returns ``out``.
 
@@ -132,11 +139,14 @@ def pretrain(
         data: one rollout store or several (clips are drawn from all of them).
         out: checkpoint directory; if it holds a checkpoint of the same model, training resumes.
         family: ``slot_attention``, ``tf_inv`` or ``smoothsa``.
-        preset: ``quick`` (minutes on a CPU) or ``base`` (a GPU run).
+        preset: ``quick`` (minutes on a CPU), ``base`` (a GPU run), ``movi-c`` / ``movi-e``
+            (``base`` with 11 / 24 slots at 128 px, 6-frame clips: the papers' MOVi set-ups).
         num_slots: slots per frame; default from the preset.
-        resolution: model resolution; default the stores' frame height when frames are square,
-            else 64 (frames are resized).
+        resolution: model resolution; default the preset's, else the stores' frame height when
+            frames are square, else 64 (frames are resized).
         steps, batch_size: override the preset's.
+        conditional: first-frame queries from the ground-truth boxes of the clip's first frame
+            (SAVi's conditioning; the stores need ``object_box``, as converted MOVi has).
     """
     if preset not in PRESETS:
         raise OcrlError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
@@ -144,8 +154,11 @@ def pretrain(
     training = dataclasses.replace(training, steps=steps or training.steps, batch_size=batch_size or training.batch_size)
     stores = [RolloutStore.open(path) for path in (data if isinstance(data, (list, tuple)) else [data])]
     height, width, _ = stores[0].frame_shape
-    resolution = resolution or (height if height == width else 64)
-    model_config = perception_config(family, size, resolution=resolution, num_slots=num_slots)
+    preset_model = PRESET_MODELS.get(preset, {})
+    resolution = resolution or preset_model.get("resolution") or (height if height == width else 64)
+    model_config = perception_config(family, size, resolution=resolution, num_slots=num_slots or preset_model.get("num_slots"))
+    if conditional:
+        model_config.initializer.kind = "conditional"
 
     rank, world_size, rank_device = _distributed_setup()
     device = torch.device(device) if device is not None else rank_device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +184,8 @@ def pretrain(
     trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
     use_depth = training.supervise_depth and all("depth" in store.ground_truth_keys for store in stores)
-    datasets = [ClipDataset(store, training.clip_length, ground_truth=use_depth, seed=training.seed * 1000 + rank + step) for store in stores]
+    conditions = model_config.num_slots if conditional else None
+    datasets = [ClipDataset(store, training.clip_length, ground_truth=use_depth, seed=training.seed * 1000 + rank + step, conditions=conditions) for store in stores]
     dataset = torch.utils.data.ConcatDataset(datasets)
     generator = torch.Generator().manual_seed(training.seed * 1000 + rank + step)
     remaining = max(0, training.steps - step)
@@ -200,7 +214,7 @@ def pretrain(
             frames, depth = prepare_clip(batch, resolution, device)
             model.set_step(step)
             with autocast:
-                output = trained(frames, depth=depth if use_depth else None)
+                output = trained(frames, depth=depth if use_depth else None, conditions=batch["conditions"].to(device) if conditional else None)
             loss = output.loss
             if not torch.isfinite(loss):
                 raise OcrlError(f"loss became {loss.item()} at step {step}; lower the learning rate (the last good checkpoint is in {out})")

@@ -29,6 +29,24 @@ def _frame_ground_truth_keys(store: RolloutStore) -> tuple[str, ...]:
     return keys
 
 
+def box_conditions(boxes: np.ndarray, num_slots: int) -> np.ndarray:
+    """Conditions for first-frame slot queries, as SAVi conditions on boxes: the ``object_box``
+    rows (N, 4) of the objects visible on that frame (NaN rows are not), the first
+    ``num_slots`` of them, padded with zero rows -> (num_slots, 4) float32."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    visible = boxes[~np.isnan(boxes).any(axis=1)][:num_slots]
+    conditions = np.zeros((num_slots, 4), dtype=np.float32)
+    conditions[: len(visible)] = visible
+    return conditions
+
+
+def episode_conditions(store: RolloutStore, position: int, frame: int, num_slots: int) -> np.ndarray:
+    """:func:`box_conditions` of frame ``frame`` of the store's episode at ``position``."""
+    if "object_box" not in store.ground_truth_keys:
+        raise OcrlError(f"{store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)")
+    return box_conditions(store.episode(position).ground_truth(frame, frame + 1, keys=["object_box"])["object_box"][0], num_slots)
+
+
 def _ground_truth_tensors(ground_truth: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     # masks as int64: what one_hot, indexing and the metrics take
     return {key: torch.from_numpy(value.astype(np.int64) if key == "masks" else value) for key, value in ground_truth.items()}
@@ -40,7 +58,8 @@ class ClipDataset(Dataset):
 
     Items: ``frames`` (T, H, W, 3) uint8, ``episode`` (position in ``store.episodes``) and
     ``start`` (first frame) ints; with ``ground_truth``, ``masks`` (T, H, W) int64 and
-    ``depth`` (T, H, W) float32 (those the store has).
+    ``depth`` (T, H, W) float32 (those the store has); with ``conditions`` (a slot count K),
+    ``conditions`` (K, 4) float32: the boxes of the clip's first frame (:func:`box_conditions`).
 
     Crops are reproducible: in the main process from ``seed``; in a DataLoader worker from
     ``seed`` and the worker's seed, which the DataLoader draws from torch's RNG (or its
@@ -48,10 +67,13 @@ class ClipDataset(Dataset):
     in the main process.
     """
 
-    def __init__(self, store: RolloutStore | str | os.PathLike, clip_length: int, ground_truth: bool = False, seed: int | None = None):
+    def __init__(self, store: RolloutStore | str | os.PathLike, clip_length: int, ground_truth: bool = False, seed: int | None = None, conditions: int | None = None):
         if clip_length < 1:
             raise OcrlError(f"clip_length must be at least 1, got {clip_length}")
         self.store = _open(store)
+        if conditions is not None and "object_box" not in self.store.ground_truth_keys:
+            raise OcrlError(f"{self.store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)")
+        self.conditions = conditions
         self.clip_length = clip_length
         self.ground_truth_keys = _frame_ground_truth_keys(self.store) if ground_truth else ()
         self.seed = seed
@@ -73,6 +95,8 @@ class ClipDataset(Dataset):
         clip: dict[str, Any] = {"frames": torch.from_numpy(episode.frames(start, stop)), "episode": position, "start": start}
         if self.ground_truth_keys:
             clip.update(_ground_truth_tensors(episode.ground_truth(start, stop, keys=self.ground_truth_keys)))
+        if self.conditions is not None:
+            clip["conditions"] = torch.from_numpy(episode_conditions(self.store, position, start, self.conditions))
         return clip
 
     def _random(self) -> np.random.Generator:
