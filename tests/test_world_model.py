@@ -296,3 +296,23 @@ def test_the_cache_lives_in_the_store_by_default(store, tiny_perception):
     perception = ocrl.load_perception(tiny_perception)
     cache = encode_store(perception, store, progress=False)
     assert cache.parent == store.path / "codes" and os.path.exists(cache / "info.json")
+
+
+def _distributed_worker(rank: int, world_size: int, port: int, data: str, perception: str, out: str) -> None:
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    training = WorldModelTrainingConfig(steps=2, batch_size=2, rollout_steps=2)
+    train_world_model(data, out, perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, device="cpu", progress=False)
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tmp_path):
+    import socket
+
+    with socket.socket() as handle:
+        handle.bind(("127.0.0.1", 0))
+        port = handle.getsockname()[1]
+    out = tmp_path / "model"
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True)
+    assert json.loads((out / "metrics.json").read_text())["step"] == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote

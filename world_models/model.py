@@ -7,10 +7,12 @@ and is full across the tokens of a step, so a step's tokens see its own slots an
 distance, so a step's keys and values do not depend on where a window starts: imagination
 caches them (:class:`AttentionCache`) and computes only the K + 1 new tokens per step, and
 stepping with the cache gives exactly what :meth:`SlotWorldModel.forward` gives on the whole
-episode so far. From step t the model
-predicts the codes of step t + 1 (per slot, as a residual on step t's codes), the reward of the
-transition t -> t + 1 and whether the episode continues after it (both from the action token,
-which acts as the step's CLS token: it attends to all slots of its step).
+episode so far.
+
+From step t the model predicts the codes of step t + 1 (per slot, as a residual on step t's
+codes), the reward of the transition t -> t + 1 and whether the episode continues after it
+(both from the action token, which acts as the step's CLS token: it attends to all slots of
+its step).
 
 There is no slot-index embedding: the model is equivariant to permuting the slots (the
 perception model keeps each object in the same slot over time, and a slot's prediction is read
@@ -26,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 import torch.nn.functional as F
+from gymnasium import spaces
 from torch import nn
 
 from ocrl.checkpoint import register_model_kind
