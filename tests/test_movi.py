@@ -188,7 +188,7 @@ def test_shards_use_tfds_feature_names_and_kinds(shards):
 
 def test_read_movi_gives_every_field_back_exactly(shards):
     directory, videos = shards
-    read = list(read_movi(directory))
+    read = list(read_movi(directory, fields="all"))
     assert len(read) == 3 and all(video["variant"] == "movi_e" for video in read)
     for got, written in zip(read, videos):
         metadata = got["metadata"]
@@ -230,6 +230,9 @@ def test_fields_limit_what_is_decoded(shards):
     directory, _ = shards
     video = next(read_movi(directory, fields=["video", "instances"]))
     assert {"video", "instances", "metadata"} <= set(video) and "depth" not in video and "forward_flow" not in video
+    default = next(read_movi(directory))
+    assert {"video", "depth", "forward_flow", "camera", "events"} <= set(default) and "normal" not in default
+    assert "object_coordinates" in next(read_movi(directory, fields=["object_coordinates"]))
 
 
 def test_variant_and_shard_discovery(shards, tmp_path):

@@ -25,7 +25,8 @@ key (read as)                   shape, dtype          meaning
 ``backward_flow``                                     pixels, from uint16 with ``metadata/*_flow
                                                       _range`` as for depth
 ``normal``,                     (s, h, w, 3) uint16   surface normals, object coordinates (16-bit
-``object_coordinates``                                PNG), as stored
+``object_coordinates``                                PNG), as stored; only with ``fields="all"``
+                                                      or when named in ``fields`` (see below)
 ``metadata/*``                  scalars, (2,) ranges  ``video_name`` str, ``width``, ``height``,
                                                       ``num_frames``, ``num_instances`` int;
                                                       ``depth_range``, ``forward_flow_range``,
@@ -59,6 +60,10 @@ key (read as)                   shape, dtype          meaning
 ``background``                  str                   HDRI name (C-F); MOVi-B:
                                                       ``background_color`` (3,) float32
 =============================== ===================== ==========================================
+
+Pillow reads 16-bit colour PNGs as 8-bit, so ``normal`` and ``object_coordinates`` go through
+ocrl's own PNG decoder, whose Average and Paeth row filters run in Python: about 60 ms per
+128x128 frame, seconds per video. They are therefore decoded only on request.
 
 Keys are nested dicts as in TFDS (``video["metadata"]["depth_range"]``). Fields a shard does not
 have are absent (the MuJoCo generator writes no flow, normals or object coordinates); features
@@ -104,6 +109,7 @@ LABEL_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 IMAGE_KEYS = ("video", "segmentations", "depth", "normal", "object_coordinates")  # one PNG per frame
+SLOW_KEYS = ("normal", "object_coordinates")  # 16-bit colour PNGs: decoded only when asked for
 FLOW_KEYS = ("forward_flow", "backward_flow")  # uint16 tensors as int64 lists
 _RANGE_OF = {"depth": "depth_range", "forward_flow": "forward_flow_range", "backward_flow": "backward_flow_range"}
 _CHANNELS = {"video": 3, "segmentations": 1, "depth": 1, "normal": 3, "object_coordinates": 3, "forward_flow": 2, "backward_flow": 2}
@@ -145,20 +151,21 @@ def shard_paths(path_or_dir: str | os.PathLike) -> list[Path]:
     raise OcrlError(f"{path} does not exist")
 
 
-def read_movi(path_or_dir: str | os.PathLike, fields: Sequence[str] | None = None, verify: bool = True) -> Iterator[dict[str, Any]]:
+def read_movi(path_or_dir: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True) -> Iterator[dict[str, Any]]:
     """One dict per video of the MOVi shards at ``path_or_dir`` (file, directory or glob), shard
     by shard in name order (see the module docstring for keys, shapes and dtypes).
 
     ``fields`` limits decoding to these top-level keys (``"video"``, ``"segmentations"``,
     ``"instances"``, ...; ``metadata`` is always read): decoding PNGs and flows is most of the
-    time. ``verify`` checks the records' CRC32C checksums. A truncated or corrupt shard raises
+    time. ``None`` reads every field but :data:`SLOW_KEYS` (``normal``, ``object_coordinates``),
+    ``"all"`` every field. ``verify`` checks the records' CRC32C checksums. A truncated or corrupt shard raises
     :class:`~ocrl.errors.CorruptFileError` naming the file and the record.
     """
     for shard in shard_paths(path_or_dir):
         yield from read_movi_shard(shard, fields=fields, verify=verify)
 
 
-def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | None = None, verify: bool = True, skip: Iterable[int] = ()) -> Iterator[dict[str, Any]]:
+def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True, skip: Iterable[int] = ()) -> Iterator[dict[str, Any]]:
     """The videos of one shard; records whose position is in ``skip`` are passed over undecoded
     (their checksums are still checked)."""
     shard = Path(shard)
@@ -170,11 +177,14 @@ def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | None = Non
         yield decode_movi_example(data, fields=fields, variant=variant, where=f"{shard}: record {index}")
 
 
-def decode_movi_example(data: bytes, fields: Sequence[str] | None = None, variant: str | None = None, where: str = "example") -> dict[str, Any]:
-    """One serialised MOVi ``tf.train.Example`` to the nested dict of :func:`read_movi`.
+def decode_movi_example(data: bytes, fields: Sequence[str] | str | None = None, variant: str | None = None, where: str = "example") -> dict[str, Any]:
+    """One serialised MOVi ``tf.train.Example`` to the nested dict of :func:`read_movi`
+    (``fields`` as there).
 
     The dict also holds ``variant`` (``"movi_c"``, ... or None when unknown).
     """
+    if isinstance(fields, str) and fields != "all":
+        raise OcrlError(f"fields must be a list of keys, None or 'all', got {fields!r}")
     try:
         flat = parse_example(data)
     except DecodeError as error:
@@ -190,8 +200,8 @@ def _text(values: list[bytes]) -> str:
     return values[0].decode("utf-8") if values else ""
 
 
-def _decode(flat: dict[str, Any], fields: Sequence[str] | None, variant: str | None) -> dict[str, Any]:
-    wanted = None if fields is None else set(fields) | {"metadata"}
+def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: str | None) -> dict[str, Any]:
+    wanted = None if fields is None or fields == "all" else set(fields) | {"metadata"}
     used: set[str] = set()
 
     def take(key: str):
@@ -210,6 +220,8 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | None, variant: str | N
     result: dict[str, Any] = {"variant": variant, "metadata": metadata}
 
     def want(key: str) -> bool:
+        if fields is None:
+            return key not in SLOW_KEYS
         return wanted is None or key in wanted
 
     for key in IMAGE_KEYS:
