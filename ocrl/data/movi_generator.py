@@ -27,6 +27,7 @@ parallel processes, in any order, and a rerun rewrites exactly the same files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -334,6 +335,8 @@ def generate_movi(
     the missing ones. ``workers`` processes render shards in parallel (default: CPU count)."""
     config = config or GeneratorConfig()
     config.check()
+    if importlib.util.find_spec("mujoco") is None:
+        raise OcrlError("ocrl movi generate renders with MuJoCo: pip install 'ocrl[dmc]'")
     if videos < 1 or videos_per_shard < 1:
         raise OcrlError(f"videos and videos_per_shard must be positive, got {videos}, {videos_per_shard}")
     out = Path(out)
