@@ -450,6 +450,15 @@ def test_generator_videos_are_consistent(generated):
         assert depth[..., 0][segmentations > 0].max() < high
         assert instances["positions"].shape == (count, 4, 3) and (instances["positions"][:, :, 2] > 0).all()
         assert not np.allclose(video["camera"]["positions"][0], video["camera"]["positions"][-1])  # moving camera
+        forward, backward = video["forward_flow"], video["backward_flow"]
+        assert forward.shape == (4, 24, 24, 2) and np.isfinite(forward).all()
+        assert np.abs(forward[-1]).max() < 1e-3 and np.abs(backward[0]).max() < 1e-3  # zero up to uint16 steps
+        for t in range(3):  # an object's pixels move, on average, as its projected centre does
+            for i in range(count):
+                pixels = segmentations[t] == i + 1
+                if pixels.sum() >= 10:
+                    centre_motion = (instances["image_positions"][i, t + 1] - instances["image_positions"][i, t])[::-1] * 24
+                    assert np.abs(forward[t][pixels].mean(axis=0) - centre_motion).max() < 1.0
         assert {LABEL_NAMES["movi_mujoco"]["shape_label"][label] for label in instances["shape_label"]} <= {"box", "sphere", "cylinder", "capsule", "ellipsoid"}
 
 

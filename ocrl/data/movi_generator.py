@@ -12,13 +12,16 @@ position); the camera sits on a half-sphere shell around the origin, looking at 
 Written features (the :mod:`ocrl.data.movi` schema, dataset name ``movi_mujoco``):
 ``video``, ``segmentations`` (geom pixels of object i are i + 1, floor and sky 0), ``depth``
 (distance from the camera centre, as MOVi: MuJoCo's planar depth times the ray length),
-``metadata/*`` (with ``depth_range``), ``camera/*`` (``quaternions`` w, x, y, z of a camera
+``forward_flow`` / ``backward_flow`` ((delta row, delta column) in pixels: each pixel's surface
+point carried by its object's rigid motion, or static for floor and sky, and projected with the
+other frame's camera; occlusion is not considered), ``metadata/*`` (with ``depth_range`` and
+the flow ranges), ``camera/*`` (``quaternions`` w, x, y, z of a camera
 looking down its -z axis with y up, as Blender's and MuJoCo's), ``instances/*``: ``positions``,
 ``quaternions``, ``velocities``, ``angular_velocities`` (world frame), ``bboxes_3d``,
 ``image_positions`` ((x, y) in [0, 1]), ``visibility`` (pixels), ragged ``bboxes`` and
 ``bbox_frames`` (from the segmentation, as Kubric computes them), ``mass``, ``friction``,
 ``scale``, ``color``, ``shape_label`` (:data:`~ocrl.data.movi.MUJOCO_SHAPES`), and
-``background``. Not written: optical flow, normals, object coordinates, collision events,
+``background``. Not written: normals, object coordinates, collision events,
 restitution (MuJoCo's soft contacts have no restitution coefficient).
 
 Video ``i`` of a run seeded ``seed`` depends only on ``(seed, i)``: shards can be written by
@@ -225,6 +228,9 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
     corners = np.zeros((count, frames_count, 8, 3), np.float32)
     image_positions = np.zeros((count, frames_count, 2), np.float32)
     camera_quaternions = np.zeros((frames_count, 4), np.float32)
+    camera_rotations = np.zeros((frames_count, 3, 3))
+    camera_centres = np.zeros((frames_count, 3))
+    object_rotations = np.zeros((count, frames_count, 3, 3))
     signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
     renderer = mujoco.Renderer(model, size, size)
     try:
@@ -247,6 +253,7 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
             quaternion = np.zeros(4)
             mujoco.mju_mat2Quat(quaternion, data.cam_xmat[0])
             camera_quaternions[t] = quaternion
+            camera_rotations[t], camera_centres[t] = camera_rotation, data.cam_xpos[0]
             for i, body in enumerate(body_ids):
                 positions[i, t] = data.xpos[body]
                 quaternions[i, t] = data.xquat[body]
@@ -254,6 +261,7 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
                 mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_BODY, body, twist, 0)
                 angular[i, t], velocities[i, t] = twist[:3], twist[3:]
                 rotation = data.xmat[body].reshape(3, 3)
+                object_rotations[i, t] = rotation
                 corners[i, t] = data.xpos[body] + (signs * objects[i].half_extent) @ rotation.T
                 local = camera_rotation.T @ (data.xpos[body] - data.cam_xpos[0])  # camera looks down -z, y up
                 image_positions[i, t] = [0.5 + local[0] / -local[2] * focal_pixels / size, 0.5 - local[1] / -local[2] * focal_pixels / size]
@@ -272,6 +280,9 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
         bboxes.append(np.array(boxes, dtype=np.float32).reshape(-1, 4))
         bbox_frames.append(np.array(frames_with_box, dtype=np.int64))
     depth_range = np.array([depth.min(), depth.max()], dtype=np.float32)
+    poses = _Poses(camera_centres, camera_rotations, positions.astype(np.float64), object_rotations, focal_pixels)
+    forward_flow = np.stack([_flow(poses, depth, segmentations[..., 0], t, t + 1) for t in range(frames_count)])
+    backward_flow = np.stack([_flow(poses, depth, segmentations[..., 0], t, t - 1) for t in range(frames_count)])
     return {
         "metadata": {
             "video_name": f"{seed}_{index}",
@@ -280,11 +291,15 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
             "num_frames": frames_count,
             "num_instances": count,
             "depth_range": depth_range,
+            "forward_flow_range": np.array([forward_flow.min(), forward_flow.max()], dtype=np.float32),
+            "backward_flow_range": np.array([backward_flow.min(), backward_flow.max()], dtype=np.float32),
         },
         "background": "mujoco checker floor, gradient sky",
         "video": video,
         "segmentations": segmentations,
         "depth": depth[..., None],  # float metres; encoding rescales them into depth_range
+        "forward_flow": forward_flow,  # float pixels; encoding rescales them into their range
+        "backward_flow": backward_flow,
         "camera": {
             "focal_length": config.focal_length,
             "sensor_width": config.sensor_width,
@@ -309,6 +324,44 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
             "bbox_frames": bbox_frames,
         },
     }
+
+
+@dataclass
+class _Poses:
+    """Per-frame poses of a rendered video: camera centre (s, 3) and rotation (s, 3, 3) whose
+    columns are its x (right), y (up), z (backward) axes; object centres (n, s, 3), rotations
+    (n, s, 3, 3); the focal length in pixels."""
+
+    camera_centres: np.ndarray
+    camera_rotations: np.ndarray
+    object_centres: np.ndarray
+    object_rotations: np.ndarray
+    focal_pixels: float
+
+
+def _flow(poses: _Poses, depth: np.ndarray, segmentations: np.ndarray, source: int, target: int) -> np.ndarray:
+    """Optical flow (h, w, 2) as (delta row, delta column) in pixels from frame ``source`` to
+    ``target``: each pixel's surface point moves rigidly with its object (the floor and sky stay
+    put) and is projected with the target frame's camera. Zero where ``target`` is outside the
+    video (MOVi's forward flow of the last frame and backward flow of the first)."""
+    frames, height, width = depth.shape
+    if not 0 <= target < frames:
+        return np.zeros((height, width, 2), dtype=np.float32)
+    rows, columns = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = (columns + 0.5 - width / 2) / poses.focal_pixels
+    y = (rows + 0.5 - height / 2) / poses.focal_pixels
+    planar = depth[source] / np.sqrt(1.0 + x**2 + y**2)  # distance along the view axis
+    in_camera = np.stack([x * planar, -y * planar, -planar], axis=-1)  # camera looks down -z, y up
+    points = poses.camera_centres[source] + in_camera @ poses.camera_rotations[source].T
+    for i in range(len(poses.object_centres)):
+        pixels = segmentations[source] == i + 1
+        local = (points[pixels] - poses.object_centres[i, source]) @ poses.object_rotations[i, source]
+        points[pixels] = poses.object_centres[i, target] + local @ poses.object_rotations[i, target].T
+    seen = (points - poses.camera_centres[target]) @ poses.camera_rotations[target]
+    distance = np.maximum(-seen[..., 2], 1e-6)
+    target_columns = seen[..., 0] / distance * poses.focal_pixels + width / 2 - 0.5
+    target_rows = -seen[..., 1] / distance * poses.focal_pixels + height / 2 - 0.5
+    return np.stack([target_rows - rows, target_columns - columns], axis=-1).astype(np.float32)
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
