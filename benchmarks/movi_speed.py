@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/movi_speed.py --videos 48 --resolution 128 --work runs/movi_speed
 
 1. ``ocrl movi generate``: MuJoCo MOVi-style videos at ``--resolution`` (24 frames); their
-   shards hold what the generator writes (no flow, normals or object coordinates).
+   shards hold what the generator writes (RGB, segmentation, depth, flows as uint16 int64 lists,
+   instances, camera; no normals or object coordinates).
 2. The same videos re-encoded with the fields the generator leaves out and real MOVi shards
-   carry: forward/backward flow (uint16 int64 lists) and 16-bit normal / object-coordinate PNGs,
-   filled with smooth fields so that PNG compression sees image-like data. These "full-schema"
+   carry: 16-bit normal / object-coordinate PNGs, filled with smooth fields so that PNG
+   compression sees image-like data. These "full-schema"
    shards are what a reader of the real data decodes.
 3. CRC32C throughput; :func:`ocrl.data.movi.read_movi` videos/s on both (default fields: all but
    normals and object coordinates; only the fields the converter reads; and every field); :func:`ocrl.data.movi_convert.convert_movi` videos/s with
@@ -49,15 +50,16 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
 def full_schema(video: dict, rng: np.random.Generator) -> dict:
     """A read video back in stored form, with flow, normals and object coordinates added."""
     frames, height, width = video["video"].shape[:3]
-    stored = {key: video[key] for key in ("video", "segmentations", "camera", "background") if key in video}
-    stored["metadata"] = {**video["metadata"], "forward_flow_range": np.array([-8.0, 8.0], np.float32), "backward_flow_range": np.array([-8.0, 8.0], np.float32)}
+    stored = {key: video[key] for key in ("video", "segmentations", "camera", "background", "forward_flow", "backward_flow") if key in video}
+    stored["metadata"] = {"forward_flow_range": np.array([-8.0, 8.0], np.float32), "backward_flow_range": np.array([-8.0, 8.0], np.float32), **video["metadata"]}
     stored["depth"] = video["depth"]  # float metres; encoding rescales into depth_range again
     instances = dict(video["instances"])
     boxes, has_box = instances.pop("bboxes"), instances.pop("has_bbox")
     instances["bboxes"] = [boxes[i, has_box[i]] for i in range(len(boxes))]
     stored["instances"] = instances
     for key, channels in (("forward_flow", 2), ("backward_flow", 2), ("normal", 3), ("object_coordinates", 3)):
-        stored[key] = smooth_field(rng, (frames, height, width, channels))
+        if key not in stored:
+            stored[key] = smooth_field(rng, (frames, height, width, channels))
     return stored
 
 
