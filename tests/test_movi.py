@@ -425,7 +425,7 @@ def generated(tmp_path_factory):
 
 
 def test_generator_videos_are_consistent(generated):
-    directory, config = generated
+    directory, _ = generated
     videos = list(read_movi(directory))
     assert len(videos) == 3 and videos[0]["variant"] == "movi_mujoco"
     for video in videos:

@@ -158,22 +158,18 @@ def read_movi(path_or_dir: str | os.PathLike, fields: Sequence[str] | str | None
     ``fields`` limits decoding to these top-level keys (``"video"``, ``"segmentations"``,
     ``"instances"``, ...; ``metadata`` is always read): decoding PNGs and flows is most of the
     time. ``None`` reads every field but :data:`SLOW_KEYS` (``normal``, ``object_coordinates``),
-    ``"all"`` every field. ``verify`` checks the records' CRC32C checksums. A truncated or corrupt shard raises
-    :class:`~ocrl.errors.CorruptFileError` naming the file and the record.
+    ``"all"`` every field. ``verify`` checks the records' CRC32C checksums. A truncated or
+    corrupt shard raises :class:`~ocrl.errors.CorruptFileError` naming the file and the record.
     """
     for shard in shard_paths(path_or_dir):
         yield from read_movi_shard(shard, fields=fields, verify=verify)
 
 
-def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True, skip: Iterable[int] = ()) -> Iterator[dict[str, Any]]:
-    """The videos of one shard; records whose position is in ``skip`` are passed over undecoded
-    (their checksums are still checked)."""
+def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True) -> Iterator[dict[str, Any]]:
+    """The videos of one shard (arguments as :func:`read_movi`)."""
     shard = Path(shard)
-    skipped = set(skip)
     variant = movi_variant(shard)
     for index, data in enumerate(read_records(shard, verify=verify)):
-        if index in skipped:
-            continue
         yield decode_movi_example(data, fields=fields, variant=variant, where=f"{shard}: record {index}")
 
 
@@ -231,7 +227,7 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: s
                 continue
             if len(encoded) != frames:
                 raise ValueError(f"{key} has {len(encoded)} frames, metadata says {frames}")
-            images = np.stack([decode_png(image) for image in encoded])
+            images = np.stack([_decode_frame(image, key, t) for t, image in enumerate(encoded)])
             expected = (frames, height, width, _CHANNELS[key])
             if images.shape != expected or images.dtype != _IMAGE_DTYPES[key]:
                 raise ValueError(f"{key} decodes to {images.shape} {images.dtype}, expected {expected} {np.dtype(_IMAGE_DTYPES[key])}")
@@ -272,6 +268,13 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: s
         if wanted is None or key.split("/")[0] in wanted:
             result[key] = flat[key]
     return result
+
+
+def _decode_frame(data: bytes, key: str, frame: int) -> np.ndarray:
+    try:
+        return decode_png(data)
+    except ValueError as error:
+        raise ValueError(f"frame {frame} of {key} is not a readable PNG ({error})") from None
 
 
 def _shaped(values: Any, shape: tuple[int, ...], dtype, key: str) -> np.ndarray:
