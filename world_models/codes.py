@@ -196,10 +196,14 @@ class CodeCache:
         step = {key: value[torch.from_numpy(step_index)] for key, value in self.steps.items()}
         return Window(codes, step["actions"], step["rewards"].float(), 1.0 - step["terminated"].float(), torch.from_numpy(valid).float())
 
-    def sample(self, batch_size: int, length: int, generator: np.random.Generator) -> Window:
-        """Random windows: episodes drawn in proportion to their length, starts uniform."""
+    def sample(self, batch_size: int, length: int, generator: np.random.Generator, end_fraction: float = 0.0) -> Window:
+        """Random windows: episodes drawn in proportion to their length, starts uniform; a
+        fraction ``end_fraction`` of the windows instead end with an episode's last transition,
+        so that rare terminal rewards and terminations are seen often enough to be learned."""
         episodes = generator.choice(len(self), size=batch_size, p=self.lengths / self.lengths.sum())
         starts = generator.integers(0, np.maximum(1, self.lengths[episodes] - length + 1))
+        at_end = generator.random(batch_size) < end_fraction
+        starts[at_end] = np.maximum(0, self.lengths[episodes[at_end]] - length)
         return self.windows(episodes, starts, length)
 
 
@@ -209,4 +213,3 @@ def _load(path: Path) -> dict[str, Any]:
             return {key: archive[key] for key in (*CODE_KEYS, *STEP_KEYS)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CorruptFileError(f"{path}: not a readable code file ({error}); delete it and encode again") from None
-

@@ -46,6 +46,7 @@ class WorldModelTrainingConfig:
     steps: int = 4_000
     batch_size: int = 32
     rollout_steps: int = 3
+    end_fraction: float = 0.25  # windows that end with an episode's last transition
     learning_rate: float = 3e-4
     warmup_steps: int = 200
     final_learning_rate_fraction: float = 0.05
@@ -195,7 +196,7 @@ def train_world_model(
     started = time.perf_counter()
     try:
         while step < training.steps:
-            window = _to(codes.sample(training.batch_size, config.history, generator), device)
+            window = _to(codes.sample(training.batch_size, config.history, generator, training.end_fraction), device)
             with autocast:
                 loss, terms = window_loss(trained if world_size == 1 else _Unwrapped(trained), window, training)
             if not torch.isfinite(loss):
