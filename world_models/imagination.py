@@ -98,7 +98,7 @@ class ImaginedEpisodes:
 
     def observe(self, codes: SlotCodes) -> None:
         """Replace the current codes of all episodes (e.g. with true ones, to give context)."""
-        self.codes = codes
+        self.codes = codes._map(torch.Tensor.clone)  # start() writes into them
 
     @torch.no_grad()
     def step(self, actions: Any) -> WorldModelOutput:
