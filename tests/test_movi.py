@@ -420,7 +420,8 @@ def generated(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("generated")
     config = GeneratorConfig(resolution=24, num_frames=4, min_objects=2, max_objects=3, moving_camera=True)
-    generate_movi(directory, 3, config, seed=5, videos_per_shard=2, workers=0, progress=False)
+    # rendering in a worker process: this one keeps no OpenGL context to upset dm_control's
+    generate_movi(directory, 3, config, seed=5, videos_per_shard=2, workers=1, progress=False)
     return directory, config
 
 
@@ -467,13 +468,13 @@ def test_generator_is_reproducible_and_resumes(generated, tmp_path):
 
     directory, config = generated
     shard = sorted(directory.glob("*.tfrecord-*"))[1]
-    generate_movi(tmp_path, 3, config, seed=5, videos_per_shard=2, workers=0, progress=False)
+    generate_movi(tmp_path, 3, config, seed=5, videos_per_shard=2, workers=1, progress=False)
     assert (tmp_path / shard.name).read_bytes() == shard.read_bytes()
     (tmp_path / shard.name).unlink()
-    generate_movi(tmp_path, 3, config, seed=5, videos_per_shard=2, workers=0, progress=False)
+    generate_movi(tmp_path, 3, config, seed=5, videos_per_shard=2, workers=1, progress=False)
     assert (tmp_path / shard.name).read_bytes() == shard.read_bytes()
     with pytest.raises(OcrlError, match="other settings"):
-        generate_movi(tmp_path, 3, config, seed=6, videos_per_shard=2, workers=0, progress=False)
+        generate_movi(tmp_path, 3, config, seed=6, videos_per_shard=2, workers=1, progress=False)
 
 
 def test_generated_videos_convert(generated, tmp_path):

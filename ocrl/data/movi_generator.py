@@ -384,7 +384,10 @@ def generate_movi(
 ) -> list[Path]:
     """Write ``videos`` generated videos as TFRecord shards into the directory ``out``; returns
     the shard paths. Shards already there (from an interrupted run) are kept: a rerun writes only
-    the missing ones. ``workers`` processes render shards in parallel (default: CPU count)."""
+    the missing ones. ``workers`` processes render shards in parallel (default: CPU count); 0
+    renders in this process, which then holds an OpenGL context (MuJoCo's renderer terminates
+    the EGL display when closed, which trips any other EGL user in the process, dm_control's
+    included)."""
     config = config or GeneratorConfig()
     config.check()
     if importlib.util.find_spec("mujoco") is None:
@@ -410,7 +413,7 @@ def generate_movi(
     bar = tqdm(total=videos, initial=videos - sum(len(indices) for _, indices in todo), unit="video", desc="generate", disable=not progress)
     workers = (os.cpu_count() or 1) if workers is None else workers
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if workers == 0 or not todo:
             for path, indices in todo:
                 bar.update(_write_shard(str(path), seed, indices, config))
         else:

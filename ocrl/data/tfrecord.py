@@ -333,7 +333,7 @@ def serialize_example(features: Mapping[str, list[bytes] | np.ndarray]) -> bytes
             feature.int64_list.value.extend(array.astype(np.int64).ravel().tolist())
         else:
             raise TypeError(f"feature {name!r}: cannot store values of dtype {array.dtype} in a tf.train.Feature")
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # map entries sorted: same bytes in every process
 
 
 __all__ = [
