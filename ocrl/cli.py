@@ -419,7 +419,7 @@ def add_movi(subparsers) -> None:
     generate.add_argument("--seed", default=0, type=_non_negative_int, help="video i depends on (seed, i) only (default 0)")
     generate.add_argument("--split", default="train", help="split name in the shard names (default train)")
     generate.add_argument("--videos-per-shard", default=32, type=_positive_int, help="videos per shard (default 32)")
-    generate.add_argument("--workers", type=_non_negative_int, help="processes (default: CPU count)")
+    generate.add_argument("--workers", type=_non_negative_int, help="rendering processes (default: CPU count; 0: this process)")
     generate.set_defaults(run=run_movi_generate, parser=generate)
 
 
