@@ -47,7 +47,6 @@ class WorldModelTrainingConfig:
     batch_size: int = 32
     rollout_steps: int = 3
     end_fraction: float = 0.25  # windows that end with an episode's last transition
-    rare_weight: float = 10.0  # weight of transitions with a reward or a termination in the reward and continuation losses
     learning_rate: float = 3e-4
     warmup_steps: int = 200
     final_learning_rate_fraction: float = 0.05
@@ -72,17 +71,13 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
     def mean(values: torch.Tensor, weights: torch.Tensor = valid) -> torch.Tensor:
         return (values * weights).sum() / weights.sum().clamp_min(1)
 
-    # rewards and terminations are rare (one per episode at most): weigh them up, or the heads
-    # learn to answer "0" and "continues" everywhere
-    eventful = (window.rewards != 0) | (window.continues < 1)
-    rare = valid * (1 + (training.rare_weight - 1) * eventful.float())
     presence = F.binary_cross_entropy_with_logits(output.presence_logits, targets.presence.clamp(0, 1), reduction="none").mean(-1)
     terms = {
         "slots": mean(slot_error(output.codes, targets, model.slot_std)),
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
-        "reward": mean((output.reward - window.rewards).square(), rare),
-        "continue": mean(F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none"), rare),
+        "reward": mean((output.reward - window.rewards).square()),
+        "continue": mean(F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")),
     }
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
     loss = loss + training.reward_weight * terms["reward"] + training.continue_weight * terms["continue"]
