@@ -165,17 +165,22 @@ def _load_model(name_or_path: str, device: str | None):
 
 
 def run_eval_perception(args: argparse.Namespace) -> int:
-    from ocrl.data.store import write_atomically
     from ocrl.evaluation import evaluate_perception
 
     model = _load_model(args.checkpoint, args.device)
-    result = {"checkpoint": str(args.checkpoint), **evaluate_perception(model, args.data, num_frames=args.frames, max_episodes=args.episodes)}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.out, lambda file: file.write(text.encode() + b"\n"))
-    print(text)
+    _print_json({"checkpoint": str(args.checkpoint), **evaluate_perception(model, args.data, num_frames=args.frames, max_episodes=args.episodes)}, args.out)
     return 0
+
+
+def _print_json(result: dict, out: Path | None) -> None:
+    """Print ``result`` as JSON and, when ``out`` is given, also write it there atomically."""
+    from ocrl.data.store import write_atomically
+
+    text = json.dumps(result, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(out, lambda file: file.write(text.encode() + b"\n"))
+    print(text)
 
 
 def add_viz(subparsers) -> None:
@@ -365,7 +370,6 @@ def add_eval_world_model(subparsers) -> None:
 
 
 def run_eval_world_model(args: argparse.Namespace) -> int:
-    from ocrl.data.store import write_atomically
     from ocrl.world_models import evaluate_world_model, load_world_model
 
     def evaluate():
@@ -373,10 +377,7 @@ def run_eval_world_model(args: argparse.Namespace) -> int:
         perception = _load_model(model.config.perception, args.device)
         return evaluate_world_model(model, args.data, perception, horizons=args.horizons, context=args.context, max_windows=args.windows, cache=args.cache)
 
-    text = json.dumps({"world_model": str(args.world_model), **_user_errors(evaluate)}, indent=2)
-    if args.out:
-        write_atomically(args.out, lambda file: file.write((text + "\n").encode()))
-    print(text)
+    _print_json({"world_model": str(args.world_model), **_user_errors(evaluate)}, args.out)
     return 0
 
 
