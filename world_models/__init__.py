@@ -11,7 +11,7 @@
 
 from ocrl.world_models.codes import CodeCache, encode_store, perception_fingerprint
 from ocrl.world_models.evaluation import evaluate_world_model
-from ocrl.world_models.imagination import ImaginationEnv, ImaginationVecEnv, load_world_model, make_imagination_vec_env, starts_from_cache, starts_from_env
+from ocrl.world_models.imagination import ImaginationEnv, ImaginationVecEnv, load_world_model, starts_from_cache, starts_from_env
 from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, WorldModelOutput
 from ocrl.world_models.training import WorldModelTrainingConfig, train_world_model
 
@@ -26,7 +26,6 @@ __all__ = [
     "encode_store",
     "evaluate_world_model",
     "load_world_model",
-    "make_imagination_vec_env",
     "perception_fingerprint",
     "starts_from_cache",
     "starts_from_env",

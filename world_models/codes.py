@@ -88,7 +88,7 @@ def encode_store(
             chunk = todo[start : start + episodes_per_batch]
             episodes = [store.episode(i) for i in chunk]
             videos = [episode.frames() for episode in episodes]
-            codes = _encode_videos(model, videos)
+            codes = encode_videos(model, videos)
             for index, episode, episode_codes in zip(chunk, episodes, codes):
                 arrays = {
                     **episode_codes,
@@ -104,7 +104,7 @@ def encode_store(
     return cache
 
 
-def _encode_videos(model: torch.nn.Module, videos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+def encode_videos(model: torch.nn.Module, videos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Encode videos of different lengths (T_i, H, W, 3) together; shorter ones repeat their last
     frame, and the codes of those frames are dropped."""
     length = max(len(video) for video in videos)
@@ -124,6 +124,9 @@ class Window:
     rewards: torch.Tensor  # (B, L)
     continues: torch.Tensor  # (B, L) float, 0 where the episode terminated
     valid: torch.Tensor  # (B, L) float
+
+    def to(self, device: torch.device | str) -> "Window":
+        return Window(self.codes.to(device), self.actions.to(device), self.rewards.to(device), self.continues.to(device), self.valid.to(device))
 
 
 class CodeCache:

@@ -177,14 +177,14 @@ def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module
     shows the same four side by side per frame. The first ``context`` frames are given to the
     model, the rest it imagines from the episode's actions."""
     from ocrl.viz import _to_uint8, grid, save_gif, save_png, slot_colours
-    from ocrl.world_models.codes import _encode_videos
+    from ocrl.world_models.codes import encode_videos
 
     check_pairing(model, perception)
     record = store.episode(episode)
     video = record.frames(0, frames)
     if len(video) <= context:
         raise OcrlError(f"episode {episode} has {len(video)} frames; imagining after {context} needs more")
-    real = SlotCodes.from_numpy({key: value[None] for key, value in _encode_videos(perception, [video])[0].items()}, device=model.device)
+    real = SlotCodes.from_numpy({key: value[None] for key, value in encode_videos(perception, [video])[0].items()}, device=model.device)
     actions = torch.as_tensor(record.actions[: len(video) - 1], device=model.device)[None]
     imagined = open_loop(model, real, actions, context, len(video) - context)
     slots = torch.cat([real.slots[0, :context], imagined.slots[0]])

@@ -246,14 +246,6 @@ def _time_limit(env_id: str) -> int:
     return spec.max_episode_steps or 100
 
 
-def make_imagination_vec_env(world_model_path, num_envs: int = 64, seed: int = 0, start_count: int = 256, env_id: str | None = None, env_kwargs: dict[str, Any] | None = None, perception: Any = None, device=None) -> ImaginationVecEnv:
-    """An :class:`ImaginationVecEnv` from a world-model checkpoint, starting from ``start_count``
-    first frames of the real env (reset seeds from ``seed``)."""
-    model = load_world_model(world_model_path, device=device)
-    starts = starts_from_env(model, start_count, seed=seed, env_id=env_id, env_kwargs=env_kwargs, perception=perception)
-    return ImaginationVecEnv(model, starts, num_envs=num_envs, seed=seed)
-
-
 def load_world_model(path, device=None) -> SlotWorldModel:
     """A world model in eval mode from its checkpoint directory."""
     from ocrl.checkpoint import load_checkpoint

@@ -61,11 +61,13 @@ class WorldModelTrainingConfig:
     rollout_weight: float = 1.0
 
 
-def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrainingConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its terms on a batch of windows (see the module doc)."""
+def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrainingConfig, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its terms on a batch of windows (see the module doc); ``forward`` runs the
+    model (default ``model`` itself; its DDP wrapper when distributed)."""
+    forward = forward or model
     steps = window.valid.shape[1]
     inputs, targets = window.codes[:, :steps], window.codes[:, 1:]
-    output = model(inputs, window.actions)
+    output = forward(inputs, window.actions)
     valid = window.valid
 
     def mean(values: torch.Tensor, weights: torch.Tensor = valid) -> torch.Tensor:
@@ -87,7 +89,7 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
         predicted = [output.codes[:, context - 1]]  # step `context`, one step ahead
         errors = []
         for step in range(context + 1, steps + 1):
-            prediction = model(_cat_time(window.codes[:, :context], predicted), window.actions[:, :step]).codes[:, -1]
+            prediction = forward(_cat_time(window.codes[:, :context], predicted), window.actions[:, :step]).codes[:, -1]
             target = window.codes[:, step]
             error = slot_error(prediction, target, model.slot_std) + training.position_weight * position_error(prediction, target)
             errors.append(mean(error, valid[:, step - 1]))
@@ -196,9 +198,9 @@ def train_world_model(
     started = time.perf_counter()
     try:
         while step < training.steps:
-            window = _to(codes.sample(training.batch_size, config.history, generator, training.end_fraction), device)
+            window = codes.sample(training.batch_size, config.history, generator, training.end_fraction).to(device)
             with autocast:
-                loss, terms = window_loss(trained if world_size == 1 else _Unwrapped(trained), window, training)
+                loss, terms = window_loss(model, window, training, forward=trained)
             if not torch.isfinite(loss):
                 raise OcrlError(f"loss became {loss.item()} at step {step}; lower the learning rate (the last good checkpoint is in {out})")
             optimizer.zero_grad(set_to_none=True)
@@ -228,26 +230,3 @@ def train_world_model(
     if rank == 0 and progress:
         print(f"trained the world model to step {step} in {time.perf_counter() - started:.0f} s; checkpoint: {out}")
     return out
-
-
-class _Unwrapped:
-    """A DDP module seen through the model's own attributes (``slot_std``), called through DDP."""
-
-    def __init__(self, ddp: torch.nn.parallel.DistributedDataParallel):
-        self.ddp = ddp
-
-    def __call__(self, *args, **kwargs):
-        return self.ddp(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self.ddp.module, name)
-
-
-def _to(window: Window, device: torch.device) -> Window:
-    return Window(
-        window.codes.to(device),
-        window.actions.to(device),
-        window.rewards.to(device),
-        window.continues.to(device),
-        window.valid.to(device),
-    )
