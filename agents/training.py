@@ -10,6 +10,7 @@ format is, so ``load_agent`` rebuilds the policy from the config and loads the w
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
 import os
@@ -22,16 +23,18 @@ import numpy as np
 import torch
 from stable_baselines3 import DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecTransposeImage
 from tqdm.auto import tqdm
 
 import ocrl.envs
 from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GroundTruthObservation
-from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
+from ocrl.checkpoint import CONFIG_FILE, CURVE_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
 from ocrl.errors import OcrlError
 from ocrl.perception.config import dataclass_from_dict
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
@@ -108,6 +111,8 @@ def make_vec_env(config: AgentConfig, num_envs: int = 1, seed: int = 0, device: 
     venv.seed(seed)
     if config.observation == "slots":
         venv = ObjectCentricVecEnv(venv, model=config.perception, keys=config.keys, device=device)
+    elif config.observation == "pixels":
+        venv = VecTransposeImage(venv)  # channels first, as SB3 would wrap it for a CnnPolicy
     return venv
 
 
@@ -174,26 +179,53 @@ def _optimizers(policy: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
 
 
 class _Progress(BaseCallback):
-    """Progress bar and periodic checkpoints (SB3's own bar needs the ``rich`` package)."""
+    """A tqdm progress bar over env steps (SB3's own bar needs the ``rich`` package)."""
 
-    def __init__(self, total: int, save: Callable[[], None], every: int, progress: bool):
+    def __init__(self, total: int, progress: bool):
         super().__init__()
         self.bar = tqdm(total=total, unit="step", desc="train agent", disable=not progress)
-        self.save, self.every, self.last_save = save, every, 0
-
-    def _on_training_start(self) -> None:
-        self.bar.update(self.model.num_timesteps - self.bar.n)
-        self.last_save = self.model.num_timesteps
 
     def _on_step(self) -> bool:
         self.bar.update(self.model.num_timesteps - self.bar.n)
-        if self.model.num_timesteps - self.last_save >= self.every:
-            self.save()
-            self.last_save = self.model.num_timesteps
         return True
 
     def _on_training_end(self) -> None:
         self.bar.close()
+
+
+CURVE_COLUMNS = ("env_steps", "success_rate", "mean_return", "episodes")
+
+
+def read_curve(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of an agent's learning curve (``OUT/curve.csv``): held-out success vs env steps."""
+    with open(path, newline="") as file:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+def _curve_csv(rows: list[dict[str, float]]) -> bytes:
+    lines = [",".join(CURVE_COLUMNS)] + [",".join(f"{row[key]:g}" for key in CURVE_COLUMNS) for row in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+class _Checkpoints(EvalCallback):
+    """Every ``every`` env steps: SB3's evaluation on held-out episodes (the same ones each time:
+    the eval env is reseeded), one more row of the learning curve, then ``save()``. SB3's
+    CheckpointCallback is not used: it writes pickled zips, which ocrl never loads."""
+
+    def __init__(self, eval_env: VecEnv, every: int, episodes: int, seed: int, rows: list[dict[str, float]], save: Callable[[], None]):
+        super().__init__(eval_env, n_eval_episodes=episodes, eval_freq=1, verbose=0, warn=False)
+        self.every, self.seed, self.rows, self.save = every, seed, rows, save
+
+    def _on_step(self) -> bool:
+        steps = self.num_timesteps
+        if steps // self.every == (steps - self.training_env.num_envs) // self.every:
+            return True
+        self.eval_env.seed(self.seed)
+        keep_training = super()._on_step()  # evaluates; logs eval/success_rate to TensorBoard
+        success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else math.nan
+        self.rows.append({"env_steps": steps, "success_rate": success, "mean_return": self.last_mean_reward, "episodes": self.n_eval_episodes})
+        self.save()
+        return keep_training
 
 
 def train_agent(
@@ -204,16 +236,20 @@ def train_agent(
     seed: int = 0,
     device: str = "auto",
     checkpoint_every: int = 20_000,
-    eval_episodes: int = 20,
+    eval_episodes: int = 50,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train an agent for ``steps`` env steps (all sub-envs together) into checkpoint ``out``.
 
-    Rerunning with the same config and ``out`` resumes from the last checkpoint (weights,
-    optimizers and step count; a replay buffer is not kept, so SAC/DQN refill theirs). At the
-    end the agent is evaluated on ``eval_episodes`` episodes (seeds from 10**6 on, apart from
-    training seeds) and the scores are returned and stored in metrics.json.
+    On-policy algorithms train whole rollouts, so ``steps`` rounds up to a multiple of
+    ``n_steps * num_envs``. Every ``checkpoint_every`` steps the agent is evaluated on
+    ``eval_episodes`` held-out episodes (seeds from 10**6 on, the same episodes each time), the
+    result appended to its learning curve ``OUT/curve.csv`` (success rate vs env steps; also
+    TensorBoard's ``eval/success_rate`` when ``tensorboard`` is given), and saved. Rerunning with the same config
+    and ``out`` resumes from the last checkpoint (weights, optimizers and step count; a replay
+    buffer is not kept, so SAC/DQN refill theirs). At the end the agent is evaluated once more
+    and the scores are returned and stored in metrics.json.
     """
     out = Path(out)
     resume = (out / CONFIG_FILE).exists()
@@ -225,6 +261,10 @@ def train_agent(
     else:
         venv = make_vec_env(config, num_envs, seed, device=perception_device)
     algorithm = _algorithm(config, venv, seed, device, None if tensorboard is None else str(tensorboard))
+    if isinstance(algorithm, OnPolicyAlgorithm):
+        rollout = algorithm.n_steps * venv.num_envs
+        steps = math.ceil(steps / rollout) * rollout
+    rows: list[dict[str, float]] = []
     if resume:
         trained, _ = load_checkpoint(out)
         algorithm.policy.load_state_dict(trained.state_dict())
@@ -233,13 +273,16 @@ def train_agent(
             if name in state.get("optimizers", {}):
                 optimizer.load_state_dict(state["optimizers"][name])
         algorithm.num_timesteps = int(state.get("num_timesteps", 0))
+        if (out / CURVE_FILE).exists():
+            rows = read_curve(out / CURVE_FILE)
 
     def save(metrics: dict[str, Any] | None = None) -> None:
         trainer_state = {"num_timesteps": algorithm.num_timesteps, "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(algorithm.policy).items()}}
-        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed})
+        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed}, files={CURVE_FILE: _curve_csv(rows)})
 
+    eval_env = make_vec_env(config, min(8, eval_episodes), EVALUATION_SEED, device=perception_device)
+    callback = CallbackList([_Progress(steps, progress), _Checkpoints(eval_env, checkpoint_every, eval_episodes, EVALUATION_SEED, rows, save)])
     remaining = steps - algorithm.num_timesteps
-    callback = _Progress(steps, save, checkpoint_every, progress)
     try:
         if remaining > 0:
             algorithm.learn(remaining, callback=callback, reset_num_timesteps=False)
@@ -248,6 +291,7 @@ def train_agent(
         raise
     finally:
         venv.close()
+        eval_env.close()
     metrics = evaluate_policy_in_env(algorithm.policy, config, eval_episodes, device=perception_device, progress=progress)
     save({**metrics, "num_timesteps": algorithm.num_timesteps, "done": True})
     return metrics
@@ -274,25 +318,20 @@ def evaluate_policy_in_env(
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Success rate (built-in tasks; NaN for envs that do not report it) and return over
-    ``episodes`` episodes. Each of the ``num_envs`` sub-envs runs a fixed share of the episodes
-    (counting whichever end first would favour short episodes)."""
-    num_envs = max(1, min(num_envs, episodes))
-    shares = [episodes // num_envs + (index < episodes % num_envs) for index in range(num_envs)]
-    venv = make_vec_env(config, num_envs, seed, device=device)
-    returns, successes = [], []
-    observation = venv.reset()
+    """Success rate (built-in tasks; NaN for envs that do not report it), return and length over
+    ``episodes`` episodes, through SB3's ``evaluate_policy`` (which gives each sub-env a fixed
+    share of the episodes: counting whichever end first would favour short episodes)."""
+    venv = make_vec_env(config, max(1, min(num_envs, episodes)), seed, device=device)
+    successes: list[float] = []
     bar = tqdm(total=episodes, unit="episode", desc="evaluate", disable=not progress)
+
+    def record(local: dict[str, Any], _: dict[str, Any]) -> None:
+        if local["done"]:
+            successes.append(float(local["info"].get("is_success", math.nan)))
+            bar.update(1)
+
     try:
-        while len(returns) < episodes:
-            action, _ = policy.predict(observation, deterministic=deterministic)
-            observation, _, dones, infos = venv.step(action)
-            for index in np.flatnonzero(dones):
-                if shares[index] > 0:
-                    shares[index] -= 1
-                    returns.append(float(infos[index]["episode"]["r"]))
-                    successes.append(float(infos[index].get("is_success", math.nan)))
-                    bar.update(1)
+        returns, lengths = evaluate_policy(policy, venv, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, callback=record, warn=False)
     finally:
         bar.close()
         venv.close()
@@ -301,6 +340,7 @@ def evaluate_policy_in_env(
         "success_rate": float(np.mean(successes)),
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
     }
 
 

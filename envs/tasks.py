@@ -156,6 +156,14 @@ class SpriteTaskEnv(gym.Env):
             size = float(self.np_random.uniform(*self.size_range))
         return Sprite(0.0, 0.0, size, str(shape), np.array(COLOURS[str(colour)]), depth)
 
+    def _shuffled(self, target_look: tuple[str, str], other_looks: list[tuple[str, str]]) -> tuple[list[Sprite], int]:
+        """Sprites of the target and the others in a random order (depth follows the order), and
+        the target's index: neither its row in the ground truth nor its depth gives it away."""
+        looks = [target_look, *other_looks]
+        order = self.np_random.permutation(len(looks))
+        sprites = [self._sprite(*looks[j], depth=0.2 + 0.1 * i) for i, j in enumerate(order)]
+        return sprites, int(np.flatnonzero(order == 0)[0])
+
     def _scatter(self, sprites: list[Sprite], gap: float = 0.02) -> None:
         """Place sprites uniformly at random, not touching each other nor leaving the arena."""
         placed: list[Sprite] = []
@@ -248,9 +256,7 @@ class ObjectGoalEnv(_TouchTask):
 
     def _place_objects(self) -> None:
         picks = self.np_random.integers(len(self.distractor_looks), size=self.num_objects - 1)
-        looks = [self.target_look] + [self.distractor_looks[i] for i in picks]
-        self.objects = [self._sprite(c, s, depth=0.2 + 0.1 * i) for i, (c, s) in enumerate(looks)]
-        self.target = 0
+        self.objects, self.target = self._shuffled(self.target_look, [self.distractor_looks[i] for i in picks])
 
 
 class ObjectInteractionEnv(SpriteTaskEnv):
@@ -268,13 +274,11 @@ class ObjectInteractionEnv(SpriteTaskEnv):
         self.goal_size = goal_size
 
     def _place_objects(self) -> None:
-        looks = [self.target_look]
         others = [(c, s) for c in self.colours for s in self.shapes if (c, s) != self.target_look]
-        looks += [others[i] for i in self.np_random.integers(len(others), size=self.num_objects - 1)]
-        self.objects = [self._sprite(c, s, depth=0.2 + 0.1 * i) for i, (c, s) in enumerate(looks)]
+        picks = self.np_random.integers(len(others), size=self.num_objects - 1)
+        self.objects, self.target = self._shuffled(self.target_look, [others[i] for i in picks])
         self.goal = Sprite(0.0, 0.0, self.goal_size, "square", np.array([0.35, 0.35, 0.35]), 0.95)
         self.objects.append(self.goal)
-        self.target = 0
 
     def _move_agent(self, delta: np.ndarray) -> None:
         old = (self.agent.x, self.agent.y)

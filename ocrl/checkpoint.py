@@ -9,6 +9,7 @@ Layout::
         trainer.safetensors  optional: tensors of the trainer state (optimizer, RNG, ...)
         trainer.json         optional: the rest of the trainer state, tensors by reference
         metrics.json         optional
+        curve.csv            optional: a learning curve (agents: held-out success vs env steps)
 
 :func:`save_checkpoint` writes everything into a temporary sibling directory and renames it into
 place, so an interrupted save leaves the previous checkpoint (or nothing) rather than a mix.
@@ -44,7 +45,8 @@ WEIGHTS_FILE = "model.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
 TRAINER_FILE = "trainer.json"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_TENSORS_FILE, TRAINER_FILE, METRICS_FILE)
+CURVE_FILE = "curve.csv"
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, TRAINER_TENSORS_FILE, TRAINER_FILE, METRICS_FILE, CURVE_FILE)
 
 
 class CheckpointError(OcrlError, ValueError):
@@ -183,6 +185,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     training_config: Any = None,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write ``model`` (built from ``config``) as a checkpoint directory, atomically.
 
@@ -195,6 +198,7 @@ def save_checkpoint(
             e.g. ``{"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}``.
         metrics: optional JSON-able dict for metrics.json.
         training_config: optional dataclass or JSON-able dict, stored in config.json.
+        files: optional further files of the checkpoint by name (only :data:`CURVE_FILE`).
 
     Returns the checkpoint directory.
     """
@@ -235,6 +239,10 @@ def save_checkpoint(
             _write_json(temporary / TRAINER_FILE, skeleton)
         if metrics is not None:
             _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
+        for name, data in (files or {}).items():
+            if name != CURVE_FILE:
+                raise CheckpointError(f"cannot save {name!r} into checkpoint {directory}: not a checkpoint file")
+            _write_bytes(temporary / name, data)
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
         _fsync_directory(temporary)

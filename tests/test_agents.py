@@ -11,7 +11,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl.envs
 from ocrl.agents import AgentConfig, GroundTruthObservation, SlotSetExtractor, evaluate_policy_in_env, load_agent, train_agent
-from ocrl.checkpoint import load_trainer_state
+from ocrl.agents.training import read_curve
+from ocrl.checkpoint import load_metrics, load_trainer_state
 from ocrl.errors import OcrlError
 from ocrl.slots import observation_space
 
@@ -100,3 +101,44 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         train_agent(AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"), tmp_path / "a", steps=10, progress=False)
     with pytest.raises(ValueError, match="no perception model"):
         train_agent(AgentConfig(perception="no-such-model"), tmp_path / "b", steps=10, progress=False)
+
+
+class _Scripted:
+    """A policy with SB3's ``predict``: ``act(observation) -> action`` per sub-env."""
+
+    def __init__(self, act):
+        self.act = act
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        count = len(observation["position"])
+        return np.array([self.act({key: value[index] for key, value in observation.items()}) for index in range(count)]), None
+
+
+def _towards_target(observation):
+    # one object: row 0 is the agent, row 1 the target; step along the larger gap (moves: up, down, left, right)
+    dx, dy = observation["position"][1, :2] - observation["position"][0, :2]
+    return (3 if dx > 0 else 2) if abs(dx) > abs(dy) else (1 if dy > 0 else 0)
+
+
+def test_evaluation_counts_successes_of_a_scripted_policy():
+    config = AgentConfig(observation="ground_truth", env_kwargs={"num_objects": 1})
+    greedy = evaluate_policy_in_env(_Scripted(_towards_target), config, episodes=6, num_envs=4, progress=False)
+    assert greedy["success_rate"] == 1.0 and greedy["mean_return"] == 1.0 and greedy["mean_length"] < 30
+    # up, then down, forever: never touches anything, every episode runs into the time limit
+    steps = iter(range(10**6))
+    dither = evaluate_policy_in_env(_Scripted(lambda _: next(steps) % 2), config, episodes=5, num_envs=2, progress=False)
+    assert dither == {"episodes": 5, "success_rate": 0.0, "mean_return": 0.0, "std_return": 0.0, "mean_length": 100.0}
+
+
+def test_learning_curve_is_recorded_and_a_reloaded_agent_scores_the_same(tmp_path):
+    config = AgentConfig(observation="ground_truth", algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1})
+    out = tmp_path / "agent"
+    metrics = train_agent(config, out, steps=100, num_envs=2, checkpoint_every=32, eval_episodes=3, progress=False)
+    assert load_trainer_state(out)["num_timesteps"] == 128  # whole rollouts of 16 steps x 2 envs
+    curve = read_curve(out / "curve.csv")
+    assert [row["env_steps"] for row in curve] == [32, 64, 96, 128]
+    assert all(0.0 <= row["success_rate"] <= 1.0 and row["episodes"] == 3 for row in curve)
+    # the policy as reloaded from disk acts exactly as the trained one did in its final evaluation
+    policy, _ = load_agent(out)
+    assert evaluate_policy_in_env(policy, config, episodes=3, progress=False) == {key: metrics[key] for key in metrics}
+    assert load_metrics(out)["success_rate"] == metrics["success_rate"]
