@@ -1,10 +1,13 @@
-"""Success rate of slot-code PPO, pixel-CNN PPO and the ground-truth oracle, same step budget,
-several seeds, evaluated on 50 held-out episodes each.
+"""Learning curves of slot-code PPO, pixel-CNN PPO and the ground-truth oracle: the same step
+budget and PPO settings (``ocrl train-agent``'s defaults), several seeds, success rate on 100
+held-out episodes every ``--every`` steps. One PNG per task (mean and min-max over seeds).
 
-    .venv/bin/python benchmarks/agent_learning.py --env ocrl/ObjectGoal-v0 --steps 100000 --seeds 0 1 2 --out runs/learning
+    .venv/bin/python benchmarks/agent_learning.py --env ocrl/ObjectGoal-v0 --steps 200000 --seeds 0 1 2 --out runs/learning
 
 Observation ``imagination`` is slot-code PPO trained only inside the world model ``--imagination``
-(the same number of imagined steps) and evaluated in the real env. Agents land in OUT/<env>/<observation>-<seed> (rerunning resumes them); results in OUT/results.json.
+(the same number of imagined steps) and evaluated in the real env. ``--env-kwargs`` (JSON) changes
+the task, e.g. ``'{"colours": "ood"}'``. Agents land in OUT/<env>/<observation>-<seed> (rerunning
+resumes them and skips finished ones); the table goes to stdout, pictures to OUT/<env>.png.
 """
 
 from __future__ import annotations
@@ -17,43 +20,74 @@ from pathlib import Path
 import numpy as np
 
 from ocrl.agents import AgentConfig, train_agent
-from ocrl.data.store import write_atomically
+from ocrl.agents.training import CURVE_FILE, read_curve
+from ocrl.checkpoint import load_metrics
+
+COLOURS = {"slots": "tab:blue", "pixels": "tab:red", "ground_truth": "tab:green", "imagination": "tab:purple"}
+
+
+def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> Path:
+    """Train one agent (or resume it); returns its checkpoint directory."""
+    out = args.out / env_id.replace("/", "_") / f"{observation}-{seed}"
+    metrics = load_metrics(out) if (out / "metrics.json").exists() else None
+    if metrics is None or not metrics.get("done"):
+        kwargs = {"env_kwargs": json.loads(args.env_kwargs)} if args.env_kwargs else {}
+        if observation == "imagination":
+            config = AgentConfig(env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()), **kwargs)
+        else:
+            config = AgentConfig(env_id=env_id, observation=observation, **kwargs)
+        started = time.perf_counter()
+        train_agent(config, out, steps=args.steps, seed=seed, checkpoint_every=args.every, eval_episodes=args.episodes)
+        print(f"{env_id} {observation} seed {seed}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    return out
+
+
+def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for observation, runs in curves.items():
+        length = min(len(rows) for rows in runs)
+        steps = np.array([row["env_steps"] for row in runs[0][:length]])
+        success = np.array([[row["success_rate"] for row in rows[:length]] for rows in runs])
+        colour = COLOURS.get(observation)
+        axes.plot(steps, success.mean(0), color=colour, label=f"{observation} ({len(runs)} seeds)")
+        axes.fill_between(steps, success.min(0), success.max(0), color=colour, alpha=0.2)
+    axes.set(title=env_id, xlabel="env steps", ylabel="held-out success rate", ylim=(0, 1))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", nargs="+", default=["ocrl/ObjectGoal-v0"])
     parser.add_argument("--observations", nargs="+", default=["slots", "pixels", "ground_truth"])
-    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--steps", type=int, default=200_000)
+    parser.add_argument("--every", type=int, default=20_000, help="env steps between evaluations (points of the curve)")
+    parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--env-kwargs", help="JSON options of the env, e.g. '{\"colours\": \"ood\"}'")
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if "imagination" in args.observations and not args.imagination:
         parser.error("observation 'imagination' needs --imagination WORLD_MODEL")
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    print("| env | observation | seeds | final success (mean ± std over seeds) | return | steps |\n|---|---|---|---|---|---|")
     for env_id in args.env:
+        curves: dict[str, list[list[dict[str, float]]]] = {}
         for observation in args.observations:
-            for seed in args.seeds:
-                name = f"{env_id} {observation} seed {seed}"
-                if name in results:
-                    continue
-                started = time.perf_counter()
-                if observation == "imagination":
-                    config = AgentConfig(env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()))
-                else:
-                    config = AgentConfig(env_id=env_id, observation=observation)
-                metrics = train_agent(config, args.out / env_id.replace("/", "_") / f"{observation}-{seed}", steps=args.steps, seed=seed, eval_episodes=50)
-                results[name] = {**metrics, "seconds": round(time.perf_counter() - started)}
-                args.out.mkdir(parents=True, exist_ok=True)
-                write_atomically(results_path, lambda file: file.write(json.dumps(results, indent=2).encode()))
-    print("| env | observation | seeds | success rate (mean ± std over seeds) | return | minutes per run |\n|---|---|---|---|---|---|")
-    for env_id in args.env:
-        for observation in args.observations:
-            runs = [results[f"{env_id} {observation} seed {seed}"] for seed in args.seeds if f"{env_id} {observation} seed {seed}" in results]
-            success = np.array([run["success_rate"] for run in runs])
-            print(f"| {env_id} | {observation} | {len(runs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([r['mean_return'] for r in runs]):.2f} | {np.mean([r['seconds'] for r in runs]) / 60:.1f} |")
+            outs = [run(env_id, observation, seed, args) for seed in args.seeds]
+            curves[observation] = [read_curve(out / CURVE_FILE) for out in outs]
+            finals = [load_metrics(out) for out in outs]
+            success = np.array([metrics["success_rate"] for metrics in finals])
+            print(f"| {env_id} | {observation} | {len(outs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([m['mean_return'] for m in finals]):.2f} | {finals[0]['num_timesteps']} |", flush=True)
+        plot(env_id, curves, args.out / f"{env_id.replace('/', '_')}.png")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ and exit with status 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -236,13 +237,14 @@ def add_train_agent(subparsers) -> None:
     parser.add_argument("--algo", default="ppo", choices=["ppo", "sac", "dqn"], help="SB3 algorithm (default ppo)")
     parser.add_argument("--observation", default="slots", choices=["slots", "pixels", "ground-truth"], help="slots (default): codes of --perception; pixels: CnnPolicy baseline; ground-truth: the oracle")
     parser.add_argument("--perception", help="perception checkpoint or shipped name (default: the shipped default model)")
-    parser.add_argument("--extractor", default="transformer", choices=["transformer", "deepsets"], help="slot-set features extractor (default transformer)")
-    parser.add_argument("--steps", default=100_000, type=_positive_int, help="env steps, all sub-envs together (default 100000)")
-    parser.add_argument("--num-envs", default=8, type=_positive_int, help="sub-envs (default 8)")
+    parser.add_argument("--extractor", default="relation", choices=["relation", "transformer", "deepsets"], help="slot-set features extractor (default relation)")
+    parser.add_argument("--steps", default=100_000, type=_positive_int, help="env steps, all sub-envs together, rounded up to whole PPO rollouts (default 100000)")
+    parser.add_argument("--num-envs", default=16, type=_positive_int, help="sub-envs (default 16)")
     parser.add_argument("--seed", default=0, type=_non_negative_int, help="seed (default 0)")
     parser.add_argument("--env-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the env")
     parser.add_argument("--algo-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the SB3 algorithm")
-    parser.add_argument("--eval-episodes", default=20, type=_positive_int, help="episodes of the final evaluation (default 20)")
+    parser.add_argument("--eval-episodes", default=50, type=_positive_int, help="held-out episodes of each evaluation (default 50)")
+    parser.add_argument("--checkpoint-every", default=20_000, type=_positive_int, help="env steps between evaluations (OUT/curve.csv) and checkpoints (default 20000)")
     parser.add_argument("--out", required=True, type=Path, help="agent checkpoint directory (resumed if it holds this agent)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--imagination", type=Path, help="world-model checkpoint: train inside it on slot codes, evaluate in the real env")
@@ -274,7 +276,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             algo_kwargs=args.algo_kwargs,
             imagination=None if args.imagination is None else str(args.imagination.resolve()),
         )
-        return train_agent(config, args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, device=args.device, eval_episodes=args.eval_episodes, tensorboard=args.tensorboard)
+        return train_agent(config, args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every, eval_episodes=args.eval_episodes, tensorboard=args.tensorboard)
 
     metrics = _user_errors(train)
     print(json.dumps({"agent": str(args.out), **metrics}, indent=2))
@@ -297,6 +299,7 @@ def add_eval_agent(subparsers) -> None:
     parser.add_argument("--episodes", default=20, type=_positive_int, help="episodes (default 20)")
     parser.add_argument("--seed", default=1_000_000, type=_non_negative_int, help="seed of the first episode (default 1000000)")
     parser.add_argument("--video", type=Path, help="also write one episode as a GIF (slot masks over the frames for slot agents)")
+    parser.add_argument("--env-kwargs", default={}, type=_json_object, help='JSON object over the agent\'s env options, e.g. \'{"colours": "ood"}\' for out-of-distribution colours')
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.set_defaults(run=run_eval_agent, parser=parser)
 
@@ -307,7 +310,8 @@ def run_eval_agent(args: argparse.Namespace) -> int:
 
     def evaluate():
         policy, config = load_agent(args.agent, device=args.device)
-        result = {"agent": str(args.agent), **evaluate_policy_in_env(policy, config, args.episodes, seed=args.seed, device=args.device)}
+        config = dataclasses.replace(config, env_kwargs={**config.env_kwargs, **args.env_kwargs})
+        result = {"agent": str(args.agent), "env_kwargs": config.env_kwargs, **evaluate_policy_in_env(policy, config, args.episodes, seed=args.seed, device=args.device)}
         if args.video:
             result["video"] = record_episode(policy, config, args.video, seed=args.seed, device=args.device)
         return result

@@ -11,13 +11,14 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl.envs
 from ocrl.agents import AgentConfig, GroundTruthObservation, SlotSetExtractor, evaluate_policy_in_env, load_agent, train_agent
+from ocrl.agents.extractors import KINDS
 from ocrl.agents.training import read_curve
 from ocrl.checkpoint import load_metrics, load_trainer_state
 from ocrl.errors import OcrlError
 from ocrl.slots import observation_space
 
 
-@pytest.mark.parametrize("kind", ["transformer", "deepsets"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind):
     space = observation_space(5, 8)
     torch.manual_seed(0)
@@ -31,7 +32,7 @@ def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind)
     torch.testing.assert_close(extractor.eval()(observation), extractor.train()(observation))
     # it reads every slot: changing one changes the features
     changed = {key: value.clone() for key, value in observation.items()}
-    changed["slots"][:, 2] += 1.0
+    changed["slots"][:, 2, 0] += 1.0
     assert not torch.allclose(extractor(changed), features)
     with pytest.raises(ValueError, match="unknown extractor kind"):
         SlotSetExtractor(space, kind="mlp")
