@@ -6,7 +6,8 @@ held-out episodes every ``--every`` steps. One PNG per task (mean and min-max ov
 
 Observation ``imagination`` is slot-code PPO trained only inside the world model ``--imagination``
 (the same number of imagined steps) and evaluated in the real env. ``--env-kwargs`` (JSON) changes
-the task, e.g. ``'{"colours": "ood"}'``. Agents land in OUT/<env>/<observation>-<seed> (rerunning
+the task, e.g. ``'{"colours": "ood"}'``; ``--extractor`` and ``--algo-kwargs`` compare policies and
+PPO settings (use a new ``--out`` for each). Agents land in OUT/<env>/<observation>-<seed> (rerunning
 resumes them and skips finished ones); the table goes to stdout, pictures to OUT/<env>.png.
 """
 
@@ -31,7 +32,7 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
     out = args.out / env_id.replace("/", "_") / f"{observation}-{seed}"
     metrics = load_metrics(out) if (out / "metrics.json").exists() else None
     if metrics is None or not metrics.get("done"):
-        kwargs = {"env_kwargs": json.loads(args.env_kwargs)} if args.env_kwargs else {}
+        kwargs = {"env_kwargs": json.loads(args.env_kwargs or "{}"), "algo_kwargs": json.loads(args.algo_kwargs or "{}"), "extractor": args.extractor}
         if observation == "imagination":
             config = AgentConfig(env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()), **kwargs)
         else:
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--env-kwargs", help="JSON options of the env, e.g. '{\"colours\": \"ood\"}'")
+    parser.add_argument("--extractor", default="relation", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)")
+    parser.add_argument("--algo-kwargs", help="JSON over the PPO defaults of ocrl train-agent, e.g. '{\"batch_size\": 512}'")
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
