@@ -290,6 +290,14 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[Any, dict[str,
         config = kind.config_class.from_dict(header.get("model"))
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: malformed model config: {error}") from error
+    # agents and world models name the env they act in; making it must not import code
+    if getattr(config, "env_id", None) is not None:
+        from ocrl.envs import check_env_id_from_file
+
+        try:
+            check_env_id_from_file(config.env_id, str(path))
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
     return config, header
 
 

@@ -449,7 +449,27 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="<command>")
     for add_command in COMMANDS:
         add_command(subparsers)
+    for name, command in subparsers.choices.items():
+        if name != "movi":
+            command.add_argument(
+                "--env-module",
+                action="append",
+                default=[],
+                metavar="MODULE",
+                help="import this module first, so that 'MODULE:Env-v0' env ids work, also those read from checkpoints (which alone never import code); repeatable",
+            )
     return parser
+
+
+def _import_env_modules(names: Sequence[str]) -> None:
+    """The user's explicit opt-in: import the modules that register their envs."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise OcrlError(f"--env-module {name}: cannot import it ({error})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors
         return exit.code if isinstance(exit.code, int) else EXIT_USER_ERROR
     try:
+        _import_env_modules(getattr(args, "env_module", []))
         return args.run(args)
     except OcrlError as error:
         print(f"{args.parser.prog}: error: {_one_line(error)}", file=sys.stderr)

@@ -95,8 +95,23 @@ def test_partial_decode_reads_only_the_frames_asked_for(collected, monkeypatch):
     everything = episode.frames()
     truth = episode.ground_truth()
     decoded = []
-    original = zlib.decompress
-    monkeypatch.setattr(store_module.zlib, "decompress", lambda data: decoded.append(len(data)) or original(data))
+    original = zlib.decompressobj
+
+    def counting_decompressobj():
+        decompressor = original()
+        decompress = decompressor.decompress
+
+        class Counting:
+            def decompress(self, data, max_length=0):
+                decoded.append(len(data))
+                return decompress(data, max_length)
+
+            def __getattr__(self, name):
+                return getattr(decompressor, name)
+
+        return Counting()
+
+    monkeypatch.setattr(store_module.zlib, "decompressobj", counting_decompressobj)
     np.testing.assert_array_equal(episode.frames(5, 8), everything[5:8])
     assert len(decoded) == 3
     part = episode.ground_truth(5, 8)

@@ -273,12 +273,18 @@ class EpisodeFile:
         values = np.empty((stop - start, *shape[1:]), dtype=dtype)
         for k in range(stop - start):
             stream = raw[int(offsets[start + k]) - first : int(offsets[start + k + 1]) - first]
+            # bounded: a corrupt or hostile stream must not expand to more than a frame's bytes
+            decompressor = zlib.decompressobj()
             try:
-                decoded = zlib.decompress(stream)
+                decoded = decompressor.decompress(stream, max(1, frame_bytes))  # 0 would mean no limit
             except zlib.error as error:
                 decoded, reason = b"", str(error)
             else:
-                reason = f"{len(decoded)} bytes, expected {frame_bytes}"
+                if decompressor.unconsumed_tail or not decompressor.eof:
+                    reason = f"does not decompress to exactly {frame_bytes} bytes"
+                    decoded = b""
+                else:
+                    reason = f"{len(decoded)} bytes, expected {frame_bytes}"
             if len(decoded) != frame_bytes:
                 raise CorruptFileError(f"{self.path}: frame {start + k} of {name!r} is corrupt ({reason})")
             values[k] = np.frombuffer(decoded, dtype=dtype).reshape(shape[1:])
