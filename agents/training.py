@@ -33,6 +33,7 @@ from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GroundTruthObservation
 from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
 from ocrl.errors import OcrlError
+from ocrl.preflight import preflight
 from ocrl.perception.config import dataclass_from_dict
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
@@ -215,6 +216,7 @@ def train_agent(
     end the agent is evaluated on ``eval_episodes`` episodes (seeds from 10**6 on, apart from
     training seeds) and the scores are returned and stored in metrics.json.
     """
+    preflight(checkpoint=out, device=device)
     out = Path(out)
     resume = (out / CONFIG_FILE).exists()
     if resume and read_checkpoint_config(out)[0] != config:

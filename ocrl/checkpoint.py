@@ -176,6 +176,11 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+def foreign_files(directory: Path) -> list[str]:
+    """Names of the entries of ``directory`` that are not part of a checkpoint, sorted."""
+    return sorted(entry.name for entry in Path(directory).iterdir() if entry.name not in CHECKPOINT_FILES)
+
+
 def save_checkpoint(
     model: nn.Module,
     config: Any,
@@ -203,7 +208,7 @@ def save_checkpoint(
     if directory.exists():
         if not directory.is_dir():
             raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file")
-        foreign = sorted(entry.name for entry in directory.iterdir() if entry.name not in CHECKPOINT_FILES)
+        foreign = foreign_files(directory)
         if foreign:
             raise CheckpointError(f"refusing to replace {directory}: it holds files that are not part of a checkpoint ({', '.join(foreign[:5])})")
     directory.parent.mkdir(parents=True, exist_ok=True)

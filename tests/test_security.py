@@ -55,14 +55,14 @@ def test_an_agent_checkpoint_naming_a_module_is_refused_before_its_env_is_made(p
     assert not planted_module.exists() and MODULE not in sys.modules
 
 
-def test_the_cli_refuses_in_one_line_and_imports_on_explicit_opt_in(planted_module, tmp_path, capsys):
+def test_the_cli_refuses_in_one_line_and_imports_on_explicit_opt_in(planted_module, one_episode_store, tmp_path, capsys):
     checkpoint = world_model_checkpoint(tmp_path / "world", f"{MODULE}:Evil-v0")
-    status = main(["eval-world-model", str(checkpoint), "--data", str(tmp_path / "no-store"), "--device", "cpu"])
+    status = main(["eval-world-model", str(checkpoint), "--data", str(one_episode_store), "--device", "cpu"])
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and "--env-module" in err
     assert not planted_module.exists()
     # the user names the module: it is imported, the checkpoint loads, and the run goes on to the next problem
-    status = main(["eval-world-model", str(checkpoint), "--data", str(tmp_path / "no-store"), "--device", "cpu", "--env-module", MODULE])
+    status = main(["eval-world-model", str(checkpoint), "--data", str(one_episode_store), "--device", "cpu", "--env-module", MODULE])
     err = capsys.readouterr().err
     assert planted_module.exists()
     assert status == 2 and "would import" not in err
