@@ -100,6 +100,7 @@ def add_collect(subparsers) -> None:
     parser.add_argument("--seed", default=0, type=_non_negative_int, help="episode i is reset with seed + i (default 0)")
     parser.add_argument("--env-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the env")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per sub-env")
+    parser.add_argument("--verify", action="store_true", help="also decode every stored frame (stored episodes are always CRC-checked); broken ones are collected again")
     parser.set_defaults(run=run_collect, parser=parser)
 
 
@@ -117,6 +118,7 @@ def run_collect(args: argparse.Namespace) -> int:
             env_kwargs=args.env_kwargs,
             asynchronous=args.asynchronous,
             deterministic=args.deterministic,
+            verify=args.verify,
         )
     except CollectionInterrupted as interruption:
         print(interruption, file=sys.stderr)

@@ -15,6 +15,7 @@ import copy
 import functools
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,7 @@ def collect(
     progress: bool = True,
     asynchronous: bool = False,
     deterministic: bool = False,
+    verify: bool = False,
 ) -> RolloutStore:
     """Make the store at ``out`` hold ``episodes`` episodes of ``env_id`` in total.
 
@@ -140,6 +142,9 @@ def collect(
     ``deterministic`` picks its most likely actions instead of sampling). ``num_envs`` sub-envs
     run in one process, or one process each with ``asynchronous``. On Ctrl-C the finished
     episodes are kept and :class:`~ocrl.errors.CollectionInterrupted` is raised.
+
+    The episodes already stored are checked first (every byte against the files' CRCs; with
+    ``verify`` every frame is also decoded); broken or missing ones are collected again.
     """
     if not isinstance(episodes, int) or episodes < 1:
         raise OcrlError(f"episodes must be a positive integer, got {episodes!r}")
@@ -187,6 +192,9 @@ def collect(
     }
 
     writer = RolloutWriter(out, header)
+    broken = writer.drop_broken(decode=verify)
+    if broken:
+        print(f"{out}: {len(broken)} broken episode file(s) will be collected again; first: {broken[0]}", file=sys.stderr)
     todo = [index for index in range(episodes) if index not in writer.indices]
     bar = tqdm(total=episodes, initial=episodes - len(todo), unit="episode", desc=env_id, disable=not progress)
     envs = None
