@@ -86,8 +86,8 @@ def main() -> None:
         subprocess.run([str(cosmic_ray), "exec", str(config), str(session)], cwd=source, env=environment, check=True)
         with sqlite3.connect(session) as database:
             results = database.execute("select test_outcome, diff from work_results").fetchall()
-        killed = sum(outcome == "killed" for outcome, _ in results)
-        survivors = [diff for outcome, diff in results if outcome == "survived"]
+        killed = sum(outcome.lower() == "killed" for outcome, _ in results)
+        survivors = [diff for outcome, diff in results if outcome.lower() == "survived"]
         (args.work / f"survivors-{name}.txt").write_text("\n".join(survivors))
         score = killed / max(1, killed + len(survivors))
         print(f"| `{module}` | {total} | {len(results)} | {killed} | {len(survivors)} | {score:.0%} |", flush=True)
