@@ -21,6 +21,7 @@ Model kinds other than the video slot model register themselves with :func:`regi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -232,14 +233,18 @@ def save_checkpoint(
         # cloned: modules shared under several names (SB3's features extractors) share storage,
         # which safetensors refuses; each name gets its own copy and loads back the same
         weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
-        _write_bytes(temporary / WEIGHTS_FILE, safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]}))
+        files = {WEIGHTS_FILE: safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]})}
         if trainer_state is not None:
             tensors: dict[str, torch.Tensor] = {}
             skeleton = _encode(trainer_state, tensors, "trainer_state")
-            _write_bytes(temporary / TRAINER_TENSORS_FILE, safetensors.torch.save(tensors))
-            _write_json(temporary / TRAINER_FILE, skeleton)
+            files[TRAINER_TENSORS_FILE] = safetensors.torch.save(tensors)
+            files[TRAINER_FILE] = (json.dumps(skeleton, indent=2) + "\n").encode()
+        for name, data in files.items():
+            _write_bytes(temporary / name, data)
         if metrics is not None:
             _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
+        # safetensors has no checksum of its own: a flipped bit in the weights would load silently
+        config_text = json.dumps({**header, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}, indent=2) + "\n"
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
         _fsync_directory(temporary)
@@ -318,6 +323,23 @@ def _describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch
     return "; ".join(problems)
 
 
+def _read_checked(directory: Path, name: str) -> bytes:
+    """The bytes of file ``name`` of a checkpoint, checked against the SHA-256 its config.json
+    records (checkpoints written before ocrl recorded them are read unchecked)."""
+    path = directory / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    try:
+        expected = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get("sha256", {}).get(name)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        expected = None  # read_checkpoint_config reports a bad config.json
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path} is corrupt: its SHA-256 differs from the one recorded in {directory / CONFIG_FILE}")
+    return data
+
+
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
     """Rebuild a model from its checkpoint directory: ``(model in eval mode, config)``."""
     directory = Path(directory)
@@ -325,11 +347,14 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str | N
     kind = _kind_of(config)
     try:
         model = kind.build(config)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {error}") from error
+    except (OcrlError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a damaged config can fail anywhere in the builder (num_heads 0, ...)
+        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {type(error).__name__}: {error}") from error
     path = directory / WEIGHTS_FILE
+    data = _read_checked(directory, WEIGHTS_FILE)
     try:
-        weights = safetensors.torch.load_file(path, device="cpu")
+        weights = safetensors.torch.load(data)
     except Exception as error:  # safetensors raises its own error type for corrupt files
         raise CheckpointError(f"{path} is corrupt or not a safetensors file: {error}") from error
     mismatch = _describe_mismatch(model.state_dict(), weights)
@@ -349,13 +374,17 @@ def load_trainer_state(directory: str | os.PathLike, device: torch.device | str 
     if not skeleton_path.exists():
         return None
     try:
-        skeleton = json.loads(skeleton_path.read_text(encoding="utf-8"))
+        skeleton = json.loads(_read_checked(directory, TRAINER_FILE).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{skeleton_path} is not valid JSON: {error}") from error
     try:
-        tensors = safetensors.torch.load_file(tensors_path, device=str(device) if device is not None else "cpu")
+        tensors = safetensors.torch.load(_read_checked(directory, TRAINER_TENSORS_FILE))
+    except CheckpointError:
+        raise
     except Exception as error:
-        raise CheckpointError(f"{tensors_path} is missing, corrupt or not a safetensors file: {error}") from error
+        raise CheckpointError(f"{tensors_path} is corrupt or not a safetensors file: {error}") from error
+    if device is not None:
+        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
     try:
         return _decode(skeleton, tensors)
     except KeyError as error:

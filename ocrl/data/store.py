@@ -449,14 +449,18 @@ class Episode:
     def _per_frame(self, name: str, start: int, stop: int) -> np.ndarray:
         episode_file = self._files.get(self.path)
         if episode_file.frame_count(name) != self.length + 1:
-            raise CorruptFileError(f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, expected {self.length + 1}")
+            raise CorruptFileError(f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, {self._manifest_says(self.length + 1)}")
         return episode_file.per_frame(name, start, stop)
 
     def _per_step(self, name: str, count: int) -> np.ndarray:
         values = self._files.get(self.path).array(name)
         if values.ndim == 0 or len(values) != count:
-            raise CorruptFileError(f"{self.path}: {name!r} has shape {values.shape}, expected {count} rows")
+            raise CorruptFileError(f"{self.path}: {name!r} has shape {values.shape}, {self._manifest_says(count)} rows")
         return values
+
+    def _manifest_says(self, count: int) -> str:
+        # either file may be the damaged one: the episode file or the manifest's record of it
+        return f"but {self.path.parent.parent / MANIFEST_NAME} says episode {self.index} has {count}"
 
 
 def _record_from_file(store_path: Path, file: str) -> EpisodeRecord:
@@ -491,6 +495,10 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], list[EpisodeRecord]]:
         records = [EpisodeRecord.from_json(entry) for entry in manifest["episodes"]]
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptFileError(f"{manifest_path}: malformed manifest ({type(error).__name__}: {error})") from None
+    unknown = [key for key in header["ground_truth"] if key not in (*FRAME_KEYS, *OBJECT_KEYS)] if isinstance(header["ground_truth"], list) else ["?"]
+    shape = header["frame_shape"]
+    if unknown or not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3 and all(isinstance(size, int) and size > 0 for size in shape)):
+        raise CorruptFileError(f"{manifest_path}: malformed manifest (ground truth {header['ground_truth']!r}, frame shape {shape!r})")
     return header, records
 
 
