@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
@@ -318,3 +319,65 @@ def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tm
     torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True)
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
+
+
+def hand_made_store(tmp_path, perception) -> Path:
+    """Two episodes (12 and 7 steps) of blank 8x8 frames whose cached codes are a ramp: every
+    slot component of step t is t. Episode 0 ends with reward 1 and terminates; episode 1 has
+    reward 0.5 at step 3 and is truncated."""
+    from ocrl.data.store import RolloutWriter, _save_npz, episode_file_name, write_atomically
+    from ocrl.world_models.codes import INFO_FILE, perception_fingerprint
+
+    header = {"env_id": "ocrl/ObjectGoal-v0", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [8, 8, 3], "action_space": {"type": "Discrete", "n": 4, "start": 0}, "ground_truth": []}
+    path = tmp_path / "hand-made"
+    writer = RolloutWriter(path, header)
+    cache = path / "codes" / perception_fingerprint(perception)
+    cache.mkdir(parents=True)
+    write_atomically(cache / INFO_FILE, lambda file: file.write(json.dumps({"fingerprint": perception_fingerprint(perception)}).encode()))
+    for index, (steps, reward_step, reward, terminal) in enumerate([(12, 11, 1.0, True), (7, 3, 0.5, False)]):
+        rewards, terminated, truncated = np.zeros(steps), np.zeros(steps, bool), np.zeros(steps, bool)
+        rewards[reward_step] = reward
+        (terminated if terminal else truncated)[-1] = True
+        actions = np.arange(steps) % 4
+        writer.add(index, index, np.zeros((steps + 1, 8, 8, 3), np.uint8), actions, rewards, terminated, truncated)
+        ramp = np.arange(steps + 1, dtype=np.float32)
+        codes = {
+            "slots": np.broadcast_to(ramp[:, None, None], (steps + 1, 3, 16)).copy(),
+            "position": np.zeros((steps + 1, 3, 4), np.float32),
+            "presence": np.ones((steps + 1, 3), np.float32),
+            "actions": actions, "rewards": rewards.astype(np.float32), "terminated": terminated, "truncated": truncated,
+        }
+        write_atomically(cache / episode_file_name(index), lambda file, codes=codes: _save_npz(file, codes))
+    writer.close()
+    return path
+
+
+def constant_heads(model: SlotWorldModel, reward: float, continue_logit: float) -> SlotWorldModel:
+    """The model with its reward and continuation heads fixed to constants."""
+    with torch.no_grad():
+        model.step_out[-1].weight.zero_()
+        model.step_out[-1].bias.copy_(torch.tensor([reward, continue_logit]))
+    return model.eval()
+
+
+def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception, tmp_path):
+    perception = ocrl.load_perception(tiny_perception)
+    path = hand_made_store(tmp_path, perception)
+    model = constant_heads(SlotWorldModel(small_config(perception=tiny_perception)), reward=0.0, continue_logit=3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1, 3), context=2, stride=2, max_windows=None, progress=False)
+    # windows of context - 1 + 3 = 4 steps every 2 steps: 0, 2, 4, 6, 8 of episode 0 and 0, 2 of episode 1
+    assert result["windows"] == 7 and result["episodes"] == 2
+    # the untrained model holds the last true codes still; on a ramp of slope 1 it is off by h at horizon h
+    for horizon in (1, 3):
+        assert result["open_loop"][str(horizon)]["slot_mse"] == pytest.approx(horizon**2)
+        assert result["open_loop"][str(horizon)]["slot_mse_copy_last"] == pytest.approx(horizon**2)
+    assert (result["transitions"], result["rewarded_transitions"], result["terminations"]) == (19, 2, 1)
+    # never predicts a reward or a termination: nothing to be precise about, nothing found
+    assert math.isnan(result["reward_precision"]) and result["reward_recall"] == 0
+    assert math.isnan(result["termination_precision"]) and result["termination_recall"] == 0
+    assert result["reward_mse"] == pytest.approx((1.0 + 0.25) / 19, rel=1e-4)
+    # always predicts reward 1 and a termination: right once each
+    model = constant_heads(model, reward=1.0, continue_logit=-3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
+    assert result["reward_precision"] == round(1 / 19, 5) and result["reward_recall"] == 0.5
+    assert result["termination_precision"] == round(1 / 19, 5) and result["termination_recall"] == 1.0

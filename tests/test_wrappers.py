@@ -127,6 +127,31 @@ def test_gymnasium_vector_wrapper_matches_single_env_wrapper_across_autoresets(t
             np.testing.assert_allclose(codes["slots"][index], expected[index][step]["slots"], atol=1e-3)
 
 
+def test_same_step_autoreset_matches_single_env_wrapper(tiny_perception):
+    """SAME_STEP: the step that ends an episode returns the next episode's reset frame, which
+    must be encoded as a first frame, as the single-env wrapper encodes it after reset()."""
+    num_envs, steps, seeds = 3, 4, [10, 20, 30]
+    envs = gym.vector.SyncVectorEnv([lambda: sprite_env(steps)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vector = ObjectCentricVectorObservation(envs, tiny_perception)
+    actions = np.random.default_rng(1).integers(0, 4, size=(10, num_envs))
+    codes, _ = vector.reset(seed=seeds)
+    batched, ends = [codes], []
+    for action in actions:
+        codes, _, terminated, truncated, _ = vector.step(action)
+        batched.append(codes)
+        ends.append(terminated | truncated)
+    assert np.any(ends)  # the comparison crosses autoresets
+    for index, seed in enumerate(seeds):
+        env = ObjectCentricObservation(sprite_env(steps), tiny_perception)
+        expected, _ = env.reset(seed=seed)
+        np.testing.assert_allclose(batched[0]["slots"][index], expected["slots"], atol=1e-3)
+        for step, action in enumerate(actions[:, index], start=1):
+            expected, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                expected, _ = env.reset()
+            np.testing.assert_allclose(batched[step]["slots"][index], expected["slots"], atol=1e-3)
+
+
 def test_sb3_vec_env_wrapper_matches_single_env_wrapper_and_encodes_terminal_frames(tiny_perception):
     num_envs, steps = 2, 3
     venv = ObjectCentricVecEnv(DummyVecEnv([lambda: sprite_env(steps)] * num_envs), tiny_perception)
