@@ -77,8 +77,8 @@ def _json_object(text: str) -> dict:
 
 
 def _policy(text: str) -> str:
-    if text != "random" and not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"expected 'random' or the path of a Stable-Baselines3 .zip; no file {text!r}")
+    if text != "random" and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"expected 'random', an agent directory from 'ocrl train-agent' or a Stable-Baselines3 .zip; no {text!r}")
     return text
 
 
@@ -94,8 +94,8 @@ def add_collect(subparsers) -> None:
     parser.add_argument("--env", required=True, help="env id: ocrl/..., MiniGrid-..., dm_control/..., or any gymnasium id")
     parser.add_argument("--episodes", required=True, type=_positive_int, help="total number of episodes the store should hold")
     parser.add_argument("--out", required=True, type=Path, help="store directory (created, or resumed if it is a store)")
-    parser.add_argument("--policy", default="random", type=_policy, help="'random' (default) or a Stable-Baselines3 .zip")
-    parser.add_argument("--deterministic", action="store_true", help="with an SB3 policy: its most likely actions, not samples")
+    parser.add_argument("--policy", default="random", type=_policy, help="'random' (default), an agent directory from 'ocrl train-agent', or a Stable-Baselines3 .zip")
+    parser.add_argument("--deterministic", action="store_true", help="with an agent or SB3 policy: its most likely actions, not samples")
     parser.add_argument("--num-envs", default=8, type=_positive_int, help="sub-envs stepped together (default 8)")
     parser.add_argument("--seed", default=0, type=_non_negative_int, help="episode i is reset with seed + i (default 0)")
     parser.add_argument("--env-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the env")

@@ -215,3 +215,31 @@ def test_manifest_records_the_collection(tmp_path):
     assert store.header["action_space"] == {"type": "Discrete", "n": 4, "start": 0}
     assert store.frame_shape == (16, 16, 3)
     assert np.all([record.seed == 3 + record.index for record in store.episodes])
+
+
+def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys):
+    from ocrl.agents import AgentConfig, load_agent, train_agent
+    from ocrl.cli import main
+    from ocrl.wrappers import ObjectCentricObservation
+    import ocrl.envs
+
+    config = AgentConfig(env_id=ENV_ID, perception=tiny_perception, env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    train_agent(config, tmp_path / "agent", steps=64, num_envs=2, eval_episodes=1, progress=False)
+    arguments = ["collect", "--env", ENV_ID, "--env-kwargs", json.dumps(ENV_KWARGS), "--episodes", "2", "--num-envs", "1", "--seed", "7", "--policy", str(tmp_path / "agent"), "--deterministic", "--out", str(tmp_path / "store")]
+    assert main(arguments) == 0, capsys.readouterr().err
+    store = RolloutStore.open(tmp_path / "store")
+    assert store.header["policy"]["kind"] == "ocrl-agent"
+    # the stored actions are the agent's own, acting on the codes of its perception model
+    policy, _ = load_agent(tmp_path / "agent")
+    env = ObjectCentricObservation(ocrl.envs.make(ENV_ID, **ENV_KWARGS), tiny_perception)
+    for position in range(2):
+        observation, _ = env.reset(seed=7 + position)
+        for stored in store.episode(position).actions:
+            action, _ = policy.predict({key: value[None] for key, value in observation.items()}, deterministic=True)
+            assert action[0] == stored
+            observation, *_ = env.step(action[0])
+    oracle = AgentConfig(env_id=ENV_ID, observation="ground_truth", env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    train_agent(oracle, tmp_path / "oracle", steps=32, num_envs=1, eval_episodes=1, progress=False)
+    arguments[arguments.index(str(tmp_path / "agent"))] = str(tmp_path / "oracle")
+    assert main([*arguments[:-1], str(tmp_path / "other")]) == 2
+    assert "ground-truth objects" in capsys.readouterr().err

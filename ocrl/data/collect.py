@@ -168,6 +168,11 @@ def collect(
         action_space = probe.action_space
         if policy == "random":
             act, policy_description = None, {"kind": "random"}
+        elif os.path.isdir(policy):
+            from ocrl.data.sb3_policy import AgentPolicy
+
+            act = AgentPolicy(policy, env_id, probe, deterministic=deterministic)
+            policy_description = act.description
         else:
             from ocrl.data.sb3_policy import load_sb3_policy
 
@@ -233,6 +238,10 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
     # a copy of the action space per sub-env, reseeded for each episode: the random policy
     action_samplers = [copy.deepcopy(action_space) for _ in range(num_envs)]
 
+    # what a policy acting on frames needs: each sub-env's latest frame and whether it begins an episode
+    frames: list[np.ndarray | None] = [None] * num_envs
+    is_first = np.ones(num_envs, dtype=bool)
+
     def start(mask: np.ndarray, first: bool = False):
         seeds: list[int | None] = [None] * num_envs
         for slot in np.flatnonzero(mask):
@@ -244,6 +253,8 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
         options = None if first else {"reset_mask": mask}
         observations, infos = envs.reset(seed=seeds, options=options)
         for slot in np.flatnonzero(mask):
+            frames[slot] = infos[_RECORD_KEY][slot].frame
+            is_first[slot] = True
             if running[slot] is not None:
                 running[slot].add_frame(infos[_RECORD_KEY][slot])
         return observations
@@ -253,8 +264,10 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
         if act is None:
             actions = np.stack([sampler.sample() for sampler in action_samplers])
         else:
-            actions = act(observations)
+            actions = act(observations, np.stack(frames), is_first.copy())
         observations, rewards, terminated, truncated, infos = envs.step(actions)
+        frames = [record.frame for record in infos[_RECORD_KEY]]
+        is_first[:] = False
         for slot, buffer in enumerate(running):
             if buffer is None:
                 continue
