@@ -2,6 +2,7 @@
 ``ocrl train-agent``, to copy and change.
 
     .venv/bin/python examples/train_agent.py --steps 100000 --out runs/ppo-slots
+    ocrl eval-agent runs/ppo-slots      # the saved agent, as any from ocrl train-agent
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import ocrl.envs
-from ocrl.agents import SlotSetExtractor
+from ocrl.agents import AgentConfig, SlotSetExtractor
+from ocrl.checkpoint import save_checkpoint
 from ocrl.wrappers import ObjectCentricVecEnv
 
 
@@ -38,7 +40,10 @@ def main() -> None:
                 episodes += 1
                 successes += info.get("is_success", False)
     print(f"success rate over {episodes} episodes: {successes / episodes:.2f}")
-    # agent.save() pickles; `ocrl train-agent` writes safetensors + JSON instead
+    # agent.save() would pickle; an ocrl agent checkpoint is safetensors + JSON. AgentConfig's
+    # defaults (PPO, slot codes of the default model, transformer extractor) describe this agent.
+    save_checkpoint(agent.policy, AgentConfig(env_id=args.env), args.out)
+    print(f"agent saved to {args.out}")
 
 
 if __name__ == "__main__":
