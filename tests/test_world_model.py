@@ -225,6 +225,33 @@ def test_imagination_vec_env_steps_truncates_and_restarts(world_model):
     assert (venv.episodes.steps == 0).all()
 
 
+def test_imagined_box_actions_step_as_the_model_predicts():
+    """A world model of Box actions: imagination feeds the actions as vectors, and each imagined
+    step is the model's prediction for the episode so far."""
+    from ocrl.world_models.imagination import ImaginedEpisodes
+
+    box = {"type": "Box", "shape": [2], "dtype": "float32", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
+    model = trained_like(SlotWorldModel(small_config(action_space=box)))
+    codes, actions = random_codes(2, 3), torch.rand(2, 3, 2) * 2 - 1
+    codes.position.clamp_(0, 1)  # inside the bounds imagination clamps to
+    episodes = ImaginedEpisodes(model, 2)
+    episodes.observe(codes[:, 0])
+    first = episodes.step(actions[:, 0].numpy())
+    torch.testing.assert_close(first.codes.slots, model(codes[:, :1], actions[:, :1]).codes.slots[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_imagination_defaults_and_sb3_queries(world_model):
+    from stable_baselines3.common.monitor import Monitor
+
+    from ocrl.world_models import starts_from_env
+
+    model = load_world_model(world_model)
+    starts = starts_from_env(model, count=2)  # the world model's own env and perception
+    assert starts["slots"].shape == (2, model.config.num_slots, model.config.slot_dim)
+    venv = ImaginationVecEnv(model, starts, num_envs=3)
+    assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [False]
+
+
 def test_imagination_env_passes_the_env_checkers(world_model):
     model = load_world_model(world_model)
     starts = {"slots": np.zeros((2, 3, 16), np.float32), "position": np.full((2, 3, 4), 0.5, np.float32), "presence": np.full((2, 3), 0.5, np.float32)}

@@ -201,6 +201,19 @@ def test_bad_frames_give_clear_errors(tiny_perception):
         SlotEncoder("no-such-model")
 
 
+def test_float_frames_in_0_1_encode_like_their_uint8_frames(tiny_perception):
+    """The bounds 0 and 1 themselves are valid: black and white pixels."""
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    frames[0, :16] = 255
+    frames[1, :, :8] = 255
+    as_uint8 = SlotEncoder(tiny_perception, num_streams=2).encode(frames)
+    as_float = SlotEncoder(tiny_perception, num_streams=2).encode(frames.astype(np.float32) / 255)
+    for key in as_uint8:
+        np.testing.assert_allclose(as_float[key], as_uint8[key], atol=1e-6)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        SlotEncoder(tiny_perception, num_streams=1).encode(np.full((1, 32, 32, 3), -1e-3, np.float32))
+
+
 def test_default_model_is_the_shipped_one():
     import ocrl
 
