@@ -350,7 +350,8 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str | N
     except (OcrlError, KeyboardInterrupt):
         raise
     except Exception as error:  # a damaged config can fail anywhere in the builder (num_heads 0, ...)
-        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {type(error).__name__}: {error}") from error
+        reason = str(error) if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {reason}") from error
     path = directory / WEIGHTS_FILE
     data = _read_checked(directory, WEIGHTS_FILE)
     try:
