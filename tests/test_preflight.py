@@ -169,3 +169,13 @@ def test_python_dash_m_ocrl_cli_runs_the_command(tmp_path):
     assert (tmp_path / "store" / "manifest.json").is_file()
     finished = subprocess.run([*command[:3], "collect", "--episodes", "0"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="EGL is the headless default on Linux only")
+def test_the_cli_renders_dm_control_headless_unless_told_otherwise(monkeypatch, capsys):
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    main(["collect", "--help"])
+    assert os.environ["MUJOCO_GL"] == "egl"
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    main(["collect", "--help"])
+    assert os.environ["MUJOCO_GL"] == "osmesa"
