@@ -197,8 +197,18 @@ def test_bad_frames_give_clear_errors(tiny_perception):
         encoder.encode(np.full((1, 40, 40, 3), 2.0, np.float32))
     with pytest.raises(ValueError, match="too small"):
         encoder.encode(np.zeros((1, 6, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        encoder.encode(np.zeros((1, 1, 40, 40, 3), np.uint8))  # a stack of frames is not a frame
     with pytest.raises(ValueError, match="no perception model 'no-such-model'"):
         SlotEncoder("no-such-model")
+
+
+def test_stacked_frames_are_not_frames():
+    from ocrl.wrappers import frame_source
+
+    stacked = gym.spaces.Box(0, 255, (4, 32, 32, 3), np.uint8)
+    assert frame_source(stacked) is None and frame_source(gym.spaces.Dict({"pixels": stacked})) is None
+    assert frame_source(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)) == "observation"
 
 
 def test_float_frames_in_0_1_encode_like_their_uint8_frames(tiny_perception):
