@@ -33,8 +33,8 @@ from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GroundTruthObservation
 from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
 from ocrl.errors import OcrlError
-from ocrl.preflight import preflight
 from ocrl.perception.config import dataclass_from_dict
+from ocrl.preflight import preflight
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "dqn": DQN}
