@@ -81,4 +81,4 @@ def test_readme_block_runs(block, workdir, monkeypatch, capsys):
         captured = capsys.readouterr()
         assert status == 0, f"README block {block}: {line!r} failed: {captured.err[-2000:]}"
     if skipped and len(skipped) == len([line for line in BLOCKS[block].splitlines() if shlex.split(line, comments=True)]):
-        pytest.skip("; ".join(skipped))
+        pytest.skip("; ".join(dict.fromkeys(skipped)))
