@@ -351,7 +351,7 @@ def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tm
 def hand_made_store(tmp_path, perception) -> Path:
     """Two episodes (12 and 7 steps) of blank 8x8 frames whose cached codes are a ramp: every
     slot component of step t is t. Episode 0 ends with reward 1 and terminates; episode 1 has
-    reward 0.5 at step 3 and is truncated."""
+    reward 0.5 at steps 3 and 5 and is truncated."""
     from ocrl.data.store import RolloutWriter, _save_npz, episode_file_name, write_atomically
     from ocrl.world_models.codes import INFO_FILE, perception_fingerprint
 
@@ -361,9 +361,9 @@ def hand_made_store(tmp_path, perception) -> Path:
     cache = path / "codes" / perception_fingerprint(perception)
     cache.mkdir(parents=True)
     write_atomically(cache / INFO_FILE, lambda file: file.write(json.dumps({"fingerprint": perception_fingerprint(perception)}).encode()))
-    for index, (steps, reward_step, reward, terminal) in enumerate([(12, 11, 1.0, True), (7, 3, 0.5, False)]):
+    for index, (steps, reward_steps, reward, terminal) in enumerate([(12, [11], 1.0, True), (7, [3, 5], 0.5, False)]):
         rewards, terminated, truncated = np.zeros(steps), np.zeros(steps, bool), np.zeros(steps, bool)
-        rewards[reward_step] = reward
+        rewards[reward_steps] = reward
         (terminated if terminal else truncated)[-1] = True
         actions = np.arange(steps) % 4
         writer.add(index, index, np.zeros((steps + 1, 8, 8, 3), np.uint8), actions, rewards, terminated, truncated)
@@ -398,13 +398,17 @@ def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception
     for horizon in (1, 3):
         assert result["open_loop"][str(horizon)]["slot_mse"] == pytest.approx(horizon**2)
         assert result["open_loop"][str(horizon)]["slot_mse_copy_last"] == pytest.approx(horizon**2)
-    assert (result["transitions"], result["rewarded_transitions"], result["terminations"]) == (19, 2, 1)
+    assert (result["transitions"], result["rewarded_transitions"], result["terminations"]) == (19, 3, 1)
     # never predicts a reward or a termination: nothing to be precise about, nothing found
     assert math.isnan(result["reward_precision"]) and result["reward_recall"] == 0
     assert math.isnan(result["termination_precision"]) and result["termination_recall"] == 0
-    assert result["reward_mse"] == pytest.approx((1.0 + 0.25) / 19, rel=1e-4)
+    assert result["reward_mse"] == pytest.approx((1.0 + 0.25 + 0.25) / 19, rel=1e-4)
     # always predicts reward 1 and a termination: right once each
     model = constant_heads(model, reward=1.0, continue_logit=-3.0)
     result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
-    assert result["reward_precision"] == round(1 / 19, 5) and result["reward_recall"] == 0.5
+    assert result["reward_precision"] == round(1 / 19, 5) and result["reward_recall"] == round(1 / 3, 5)
     assert result["termination_precision"] == round(1 / 19, 5) and result["termination_recall"] == 1.0
+    # always predicts 0.6: the nearest reward value is 0.5, right twice
+    model = constant_heads(model, reward=0.6, continue_logit=3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
+    assert result["reward_precision"] == round(2 / 19, 5) and result["reward_recall"] == round(2 / 3, 5)
