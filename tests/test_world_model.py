@@ -248,6 +248,7 @@ def test_imagination_defaults_and_sb3_queries(world_model):
     model = load_world_model(world_model)
     starts = starts_from_env(model, count=2)  # the world model's own env and perception
     assert starts["slots"].shape == (2, model.config.num_slots, model.config.slot_dim)
+    assert not np.array_equal(starts["slots"][0], starts["slots"][1])  # episodes seeded 0 and 1: two scenes
     venv = ImaginationVecEnv(model, starts, num_envs=3)
     assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [False]
 
