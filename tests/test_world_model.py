@@ -251,6 +251,16 @@ def test_imagination_defaults_and_sb3_queries(world_model):
     assert not np.array_equal(starts["slots"][0], starts["slots"][1])  # episodes seeded 0 and 1: two scenes
     venv = ImaginationVecEnv(model, starts, num_envs=3)
     assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [False]
+    # VecEnv.seed then reset reproduces, for a single env too
+    resets = []
+    for _ in range(2):
+        single = ImaginationVecEnv(model, starts, num_envs=1, seed=None)
+        single.seed(3)
+        resets.append(single.reset()["slots"])
+    np.testing.assert_array_equal(resets[0], resets[1])
+    env = ImaginationEnv(model, starts, max_episode_steps=5)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
 
 
 def test_imagination_env_passes_the_env_checkers(world_model):
