@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-readme mutation bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-readme: $(STAMP)
+	$(PY) -m pytest -q -m readme
+
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation_testing.py --sample 15
 
 bench: $(STAMP)
 	$(PY) benchmarks/env_speed.py

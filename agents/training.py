@@ -37,6 +37,7 @@ from ocrl.agents.ground_truth import GroundTruthObservation
 from ocrl.checkpoint import CONFIG_FILE, CURVE_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
 from ocrl.errors import OcrlError
 from ocrl.perception.config import dataclass_from_dict
+from ocrl.preflight import preflight
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "dqn": DQN}
@@ -257,6 +258,7 @@ def train_agent(
     buffer is not kept, so SAC/DQN refill theirs). At the end the agent is evaluated once more
     and the scores are returned and stored in metrics.json.
     """
+    preflight(checkpoint=out, device=device)
     out = Path(out)
     resume = (out / CONFIG_FILE).exists()
     if resume and read_checkpoint_config(out)[0] != config:
@@ -284,7 +286,7 @@ def train_agent(
 
     def save(metrics: dict[str, Any] | None = None) -> None:
         trainer_state = {"num_timesteps": algorithm.num_timesteps, "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(algorithm.policy).items()}}
-        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed}, files={CURVE_FILE: _curve_csv(rows)})
+        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed}, extra_files={CURVE_FILE: _curve_csv(rows)})
 
     eval_env = make_vec_env(config, min(8, eval_episodes), EVALUATION_SEED, device=perception_device)
     callback = CallbackList([_Progress(steps, progress), _Checkpoints(eval_env, checkpoint_every, eval_episodes, EVALUATION_SEED, rows, save)])

@@ -8,6 +8,8 @@ Ground truth follows one convention, documented in :mod:`ocrl.envs.ground_truth`
 
 from __future__ import annotations
 
+import sys
+
 import gymnasium as gym
 
 from ocrl.envs.ground_truth import GROUND_TRUTH_KEY, make_ground_truth
@@ -30,6 +32,7 @@ __all__ = [
     "ObjectInteractionEnv",
     "PropertyComparisonEnv",
     "SpriteTaskEnv",
+    "check_env_id_from_file",
     "make",
     "make_ground_truth",
 ]
@@ -76,3 +79,21 @@ def make(env_id: str, **kwargs) -> gym.Env:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as error:
         raise ValueError(f"unknown env id {env_id!r}: {error}") from None
+
+
+def check_env_id_from_file(env_id: str, where: str) -> None:
+    """Raise ValueError if making ``env_id`` would import a module: for ids read from files.
+
+    ``gymnasium.make("module:Env-v0")`` imports ``module`` first (from the current directory
+    too), so a checkpoint or store naming such an id would make ocrl run code of the file's
+    choosing. An id read from a file may name a module only once the user's own code has
+    imported it (in Python: ``import module``; on the command line: ``--env-module module``).
+    """
+    if not isinstance(env_id, str):
+        raise ValueError(f"{where}: env id must be a string, got {type(env_id).__name__}")
+    module = env_id.split(":", 1)[0] if ":" in env_id else None
+    if module is not None and module not in sys.modules:
+        raise ValueError(
+            f"{where}: env id {env_id!r} would import module {module!r}, and ocrl never imports code that a file names; "
+            f"if you trust it, import it first (Python: import {module}; CLI: --env-module {module})"
+        )

@@ -3,6 +3,8 @@ of ``ocrl train-agent`` / ``ocrl eval-agent``, to copy and change.
 
     .venv/bin/python examples/train_agent.py --steps 100000 --out runs/ppo-slots
 
+    ocrl eval-agent runs/ppo-slots      # the saved agent, as any from ocrl train-agent
+
 The agent is a checkpoint directory (safetensors + JSON, nothing pickled) with its learning
 curve in OUT/curve.csv; rerunning the same command resumes it.
 """

@@ -22,6 +22,7 @@ Model kinds other than the video slot model register themselves with :func:`regi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -178,6 +179,11 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
+def foreign_files(directory: Path) -> list[str]:
+    """Names of the entries of ``directory`` that are not part of a checkpoint, sorted."""
+    return sorted(entry.name for entry in Path(directory).iterdir() if entry.name not in CHECKPOINT_FILES)
+
+
 def save_checkpoint(
     model: nn.Module,
     config: Any,
@@ -185,7 +191,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     training_config: Any = None,
-    files: dict[str, bytes] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write ``model`` (built from ``config``) as a checkpoint directory, atomically.
 
@@ -198,7 +204,7 @@ def save_checkpoint(
             e.g. ``{"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}``.
         metrics: optional JSON-able dict for metrics.json.
         training_config: optional dataclass or JSON-able dict, stored in config.json.
-        files: optional further files of the checkpoint by name (only :data:`CURVE_FILE`).
+        extra_files: optional further files of the checkpoint by name (only :data:`CURVE_FILE`).
 
     Returns the checkpoint directory.
     """
@@ -207,7 +213,7 @@ def save_checkpoint(
     if directory.exists():
         if not directory.is_dir():
             raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file")
-        foreign = sorted(entry.name for entry in directory.iterdir() if entry.name not in CHECKPOINT_FILES)
+        foreign = foreign_files(directory)
         if foreign:
             raise CheckpointError(f"refusing to replace {directory}: it holds files that are not part of a checkpoint ({', '.join(foreign[:5])})")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -231,18 +237,22 @@ def save_checkpoint(
         # cloned: modules shared under several names (SB3's features extractors) share storage,
         # which safetensors refuses; each name gets its own copy and loads back the same
         weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
-        _write_bytes(temporary / WEIGHTS_FILE, safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]}))
+        files = {WEIGHTS_FILE: safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]})}
         if trainer_state is not None:
             tensors: dict[str, torch.Tensor] = {}
             skeleton = _encode(trainer_state, tensors, "trainer_state")
-            _write_bytes(temporary / TRAINER_TENSORS_FILE, safetensors.torch.save(tensors))
-            _write_json(temporary / TRAINER_FILE, skeleton)
-        if metrics is not None:
-            _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
-        for name, data in (files or {}).items():
+            files[TRAINER_TENSORS_FILE] = safetensors.torch.save(tensors)
+            files[TRAINER_FILE] = (json.dumps(skeleton, indent=2) + "\n").encode()
+        for name, data in (extra_files or {}).items():
             if name != CURVE_FILE:
                 raise CheckpointError(f"cannot save {name!r} into checkpoint {directory}: not a checkpoint file")
+            files[name] = data
+        for name, data in files.items():
             _write_bytes(temporary / name, data)
+        if metrics is not None:
+            _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
+        # safetensors has no checksum of its own: a flipped bit in the weights would load silently
+        config_text = json.dumps({**header, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}, indent=2) + "\n"
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
         _fsync_directory(temporary)
@@ -298,6 +308,14 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[Any, dict[str,
         config = kind.config_class.from_dict(header.get("model"))
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: malformed model config: {error}") from error
+    # agents and world models name the env they act in; making it must not import code
+    if getattr(config, "env_id", None) is not None:
+        from ocrl.envs import check_env_id_from_file
+
+        try:
+            check_env_id_from_file(config.env_id, str(path))
+        except ValueError as error:
+            raise CheckpointError(str(error)) from None
     return config, header
 
 
@@ -313,6 +331,23 @@ def _describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch
     return "; ".join(problems)
 
 
+def _read_checked(directory: Path, name: str) -> bytes:
+    """The bytes of file ``name`` of a checkpoint, checked against the SHA-256 its config.json
+    records (checkpoints written before ocrl recorded them are read unchecked)."""
+    path = directory / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    try:
+        expected = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8")).get("sha256", {}).get(name)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        expected = None  # read_checkpoint_config reports a bad config.json
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path} is corrupt: its SHA-256 differs from the one recorded in {directory / CONFIG_FILE}")
+    return data
+
+
 def load_checkpoint(directory: str | os.PathLike, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
     """Rebuild a model from its checkpoint directory: ``(model in eval mode, config)``."""
     directory = Path(directory)
@@ -320,11 +355,15 @@ def load_checkpoint(directory: str | os.PathLike, device: torch.device | str | N
     kind = _kind_of(config)
     try:
         model = kind.build(config)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {error}") from error
+    except (OcrlError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # a damaged config can fail anywhere in the builder (num_heads 0, ...)
+        reason = str(error) if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: {error}"
+        raise CheckpointError(f"{directory / CONFIG_FILE}: the config does not build a model: {reason}") from error
     path = directory / WEIGHTS_FILE
+    data = _read_checked(directory, WEIGHTS_FILE)
     try:
-        weights = safetensors.torch.load_file(path, device="cpu")
+        weights = safetensors.torch.load(data)
     except Exception as error:  # safetensors raises its own error type for corrupt files
         raise CheckpointError(f"{path} is corrupt or not a safetensors file: {error}") from error
     mismatch = _describe_mismatch(model.state_dict(), weights)
@@ -344,13 +383,17 @@ def load_trainer_state(directory: str | os.PathLike, device: torch.device | str 
     if not skeleton_path.exists():
         return None
     try:
-        skeleton = json.loads(skeleton_path.read_text(encoding="utf-8"))
+        skeleton = json.loads(_read_checked(directory, TRAINER_FILE).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{skeleton_path} is not valid JSON: {error}") from error
     try:
-        tensors = safetensors.torch.load_file(tensors_path, device=str(device) if device is not None else "cpu")
+        tensors = safetensors.torch.load(_read_checked(directory, TRAINER_TENSORS_FILE))
+    except CheckpointError:
+        raise
     except Exception as error:
-        raise CheckpointError(f"{tensors_path} is missing, corrupt or not a safetensors file: {error}") from error
+        raise CheckpointError(f"{tensors_path} is corrupt or not a safetensors file: {error}") from error
+    if device is not None:
+        tensors = {name: tensor.to(device) for name, tensor in tensors.items()}
     try:
         return _decode(skeleton, tensors)
     except KeyError as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +24,23 @@ EXIT_INTERRUPTED = 130
 
 def _one_line(message: object) -> str:
     return " ".join(str(message).split())
+
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def _error_message(error: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives with the
+    worker's whole traceback as its message; of that, only the original error's text is kept."""
+    text = str(error)
+    if _WORKER_TRACEBACK not in text:
+        return _one_line(text)
+    lines = text.split(_WORKER_TRACEBACK, 1)[1].splitlines()
+    # the traceback's frames are indented; the original error is the last unindented block
+    starts = [index for index, line in enumerate(lines) if line and not line[0].isspace() and not line.startswith(("Traceback", "During handling", "The above exception"))]
+    original = " ".join(lines[starts[-1] :]) if starts else text
+    name, _, message = original.partition(": ")
+    return _one_line(f"{message or name} (in a data loader worker)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,8 +78,8 @@ def _json_object(text: str) -> dict:
 
 
 def _policy(text: str) -> str:
-    if text != "random" and not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"expected 'random' or the path of a Stable-Baselines3 .zip; no file {text!r}")
+    if text != "random" and not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"expected 'random', an agent directory from 'ocrl train-agent' or a Stable-Baselines3 .zip; no {text!r}")
     return text
 
 
@@ -77,12 +95,13 @@ def add_collect(subparsers) -> None:
     parser.add_argument("--env", required=True, help="env id: ocrl/..., MiniGrid-..., dm_control/..., or any gymnasium id")
     parser.add_argument("--episodes", required=True, type=_positive_int, help="total number of episodes the store should hold")
     parser.add_argument("--out", required=True, type=Path, help="store directory (created, or resumed if it is a store)")
-    parser.add_argument("--policy", default="random", type=_policy, help="'random' (default) or a Stable-Baselines3 .zip")
-    parser.add_argument("--deterministic", action="store_true", help="with an SB3 policy: its most likely actions, not samples")
+    parser.add_argument("--policy", default="random", type=_policy, help="'random' (default), an agent directory from 'ocrl train-agent', or a Stable-Baselines3 .zip")
+    parser.add_argument("--deterministic", action="store_true", help="with an agent or SB3 policy: its most likely actions, not samples")
     parser.add_argument("--num-envs", default=8, type=_positive_int, help="sub-envs stepped together (default 8)")
     parser.add_argument("--seed", default=0, type=_non_negative_int, help="episode i is reset with seed + i (default 0)")
     parser.add_argument("--env-kwargs", default={}, type=_json_object, help="JSON object of keyword arguments for the env")
     parser.add_argument("--async", dest="asynchronous", action="store_true", help="one process per sub-env")
+    parser.add_argument("--verify", action="store_true", help="also decode every stored frame (stored episodes are always CRC-checked); broken ones are collected again")
     parser.set_defaults(run=run_collect, parser=parser)
 
 
@@ -100,6 +119,7 @@ def run_collect(args: argparse.Namespace) -> int:
             env_kwargs=args.env_kwargs,
             asynchronous=args.asynchronous,
             deterministic=args.deterministic,
+            verify=args.verify,
         )
     except CollectionInterrupted as interruption:
         print(interruption, file=sys.stderr)
@@ -167,7 +187,9 @@ def _load_model(name_or_path: str, device: str | None):
 
 def run_eval_perception(args: argparse.Namespace) -> int:
     from ocrl.evaluation import evaluate_perception
+    from ocrl.preflight import preflight
 
+    preflight(stores=[args.data], device=args.device, output_file=args.out)
     model = _load_model(args.checkpoint, args.device)
     _print_json({"checkpoint": str(args.checkpoint), **evaluate_perception(model, args.data, num_frames=args.frames, max_episodes=args.episodes)}, args.out)
     return 0
@@ -200,22 +222,25 @@ def add_viz(subparsers) -> None:
 
 
 def run_viz(args: argparse.Namespace) -> int:
-    from ocrl.data.store import RolloutStore
     from ocrl.evaluation import encode_video, resize_frames
+    from ocrl.preflight import preflight
     from ocrl.viz import save_perception_pictures
 
-    store = RolloutStore.open(args.data)
+    store, = preflight(stores=[args.data], device=args.device, output_file=args.out.with_name(args.out.name + ".png"))
     if args.episode >= len(store):
         raise OcrlError(f"{args.data} has {len(store)} episodes; --episode {args.episode} is out of range")
-    model = _load_model(args.checkpoint, args.device)
     if args.world_model is not None:
         from ocrl.world_models import load_world_model
         from ocrl.world_models.evaluation import save_imagination_pictures
 
         world_model = load_world_model(args.world_model, device=args.device)
+        if not _same_perception(args.checkpoint, world_model.config.perception):
+            raise OcrlError(f"the world model {args.world_model} models the codes of perception {world_model.config.perception!r}, not of {args.checkpoint!r}; pass that one as CHECKPOINT")
+        model = _load_model(args.checkpoint, args.device)
         png, gif = _user_errors(lambda: save_imagination_pictures(world_model, model, store, args.episode, args.frames, args.context, args.out))
         print(f"wrote {png} and {gif}")
         return 0
+    model = _load_model(args.checkpoint, args.device)
     frames = store.episode(args.episode).frames(0, args.frames)
     encoded = encode_video(model, frames[None])
     shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
@@ -225,6 +250,15 @@ def run_viz(args: argparse.Namespace) -> int:
 
 
 # --- ocrl train-agent / eval-agent -------------------------------------------------------------
+
+
+def _same_perception(given: str, recorded: str) -> bool:
+    """Whether the perception reference ``given`` names the model ``recorded`` in a checkpoint
+    (a shipped name, or a path that may be written differently)."""
+    if given == recorded:
+        return True
+    given_path, recorded_path = Path(given), Path(recorded)
+    return given_path.exists() and recorded_path.exists() and given_path.resolve() == recorded_path.resolve()
 
 
 def add_train_agent(subparsers) -> None:
@@ -307,6 +341,9 @@ def add_eval_agent(subparsers) -> None:
 def run_eval_agent(args: argparse.Namespace) -> int:
     from ocrl.agents import evaluate_policy_in_env, load_agent
     from ocrl.agents.training import record_episode
+    from ocrl.preflight import preflight
+
+    preflight(device=args.device, output_file=args.video)
 
     def evaluate():
         policy, config = load_agent(args.agent, device=args.device)
@@ -374,7 +411,10 @@ def add_eval_world_model(subparsers) -> None:
 
 
 def run_eval_world_model(args: argparse.Namespace) -> int:
+    from ocrl.preflight import preflight
     from ocrl.world_models import evaluate_world_model, load_world_model
+
+    preflight(stores=[args.data], stores_need_actions=True, device=args.device, output_file=args.out)
 
     def evaluate():
         model = load_world_model(args.world_model, device=args.device)
@@ -453,11 +493,33 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="<command>")
     for add_command in COMMANDS:
         add_command(subparsers)
+    for name, command in subparsers.choices.items():
+        if name != "movi":
+            command.add_argument(
+                "--env-module",
+                action="append",
+                default=[],
+                metavar="MODULE",
+                help="import this module first, so that 'MODULE:Env-v0' env ids work, also those read from checkpoints (which alone never import code); repeatable",
+            )
     return parser
+
+
+def _import_env_modules(names: Sequence[str]) -> None:
+    """The user's explicit opt-in: import the modules that register their envs."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise OcrlError(f"--env-module {name}: cannot import it ({error})") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ocrl`` with ``argv`` (default: the process's arguments); returns the exit status."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # headless dm_control, as the MOVi generator does
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)
@@ -466,10 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # argparse exits on --help (0) and on usage errors
         return exit.code if isinstance(exit.code, int) else EXIT_USER_ERROR
     try:
+        _import_env_modules(getattr(args, "env_module", []))
         return args.run(args)
     except OcrlError as error:
-        print(f"{args.parser.prog}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{args.parser.prog}: error: {_error_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{args.parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # python -m ocrl.cli, as torchrun launches it
+    raise SystemExit(main())

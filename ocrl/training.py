@@ -32,6 +32,7 @@ from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.perception import build_perception, perception_config
 from ocrl.perception.config import PerceptionConfig
+from ocrl.preflight import preflight
 
 
 @dataclass
@@ -148,6 +149,7 @@ def pretrain(
         conditional: first-frame queries from the ground-truth boxes of the clip's first frame
             (SAVi's conditioning; the stores need ``object_box``, as converted MOVi has).
     """
+    preflight(checkpoint=out, stores=data if isinstance(data, (list, tuple)) else [data], device=device)
     if preset not in PRESETS:
         raise OcrlError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
     size, training = PRESETS[preset]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -64,6 +65,54 @@ def test_interrupted_collection_keeps_finished_episodes_and_resumes(tmp_path, mo
     monkeypatch.setattr(RolloutWriter, "add", add)
     quick_collect(tmp_path, 6, num_envs=4)
     assert files_of(tmp_path) == six_at_once
+
+
+def _flip_a_frame_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the frame streams, the bulk of the file
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _flip_a_frame_byte,
+        lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 3]),
+        lambda path: path.unlink(),
+        lambda path: path.write_bytes(b""),
+    ],
+    ids=["bit flip", "truncated", "deleted", "emptied"],
+)
+def test_a_rerun_collects_broken_episodes_again(tmp_path, six_at_once, damage, capsys):
+    quick_collect(tmp_path, 6, num_envs=4)
+    damage(tmp_path / "episodes" / "episode-000002.npz")
+    quick_collect(tmp_path, 6, num_envs=4)
+    assert files_of(tmp_path) == six_at_once
+    assert "episode-000002.npz" in capsys.readouterr().err
+
+
+def test_a_broken_episode_that_the_manifest_misses_is_collected_again(tmp_path, six_at_once):
+    quick_collect(tmp_path, 6, num_envs=4)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest["episodes"] = manifest["episodes"][:5]  # a crash between the file and the manifest
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    (tmp_path / "episodes" / "episode-000005.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(OcrlError, match="episode-000005.npz"):
+        RolloutStore.open(tmp_path)  # a reader is told
+    quick_collect(tmp_path, 6, num_envs=4)  # a writer writes it again
+    assert files_of(tmp_path) == six_at_once
+
+
+def test_verify_decodes_every_frame(tmp_path, monkeypatch):
+    quick_collect(tmp_path, 2, num_envs=2)
+    import ocrl.data.store as store_module
+
+    checked = []
+    original = store_module.check_episode_file
+    monkeypatch.setattr(store_module, "check_episode_file", lambda *args, decode=False: checked.append(decode) or original(*args, decode=decode))
+    quick_collect(tmp_path, 2, num_envs=2)
+    quick_collect(tmp_path, 2, num_envs=2, verify=True)
+    assert checked == [False, False, True, True]
 
 
 def test_async_vector_env_writes_the_same_files(tmp_path, six_at_once):
@@ -166,3 +215,31 @@ def test_manifest_records_the_collection(tmp_path):
     assert store.header["action_space"] == {"type": "Discrete", "n": 4, "start": 0}
     assert store.frame_shape == (16, 16, 3)
     assert np.all([record.seed == 3 + record.index for record in store.episodes])
+
+
+def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys):
+    from ocrl.agents import AgentConfig, load_agent, train_agent
+    from ocrl.cli import main
+    from ocrl.wrappers import ObjectCentricObservation
+    import ocrl.envs
+
+    config = AgentConfig(env_id=ENV_ID, perception=tiny_perception, env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    train_agent(config, tmp_path / "agent", steps=64, num_envs=2, eval_episodes=1, progress=False)
+    arguments = ["collect", "--env", ENV_ID, "--env-kwargs", json.dumps(ENV_KWARGS), "--episodes", "2", "--num-envs", "1", "--seed", "7", "--policy", str(tmp_path / "agent"), "--deterministic", "--out", str(tmp_path / "store")]
+    assert main(arguments) == 0, capsys.readouterr().err
+    store = RolloutStore.open(tmp_path / "store")
+    assert store.header["policy"]["kind"] == "ocrl-agent"
+    # the stored actions are the agent's own, acting on the codes of its perception model
+    policy, _ = load_agent(tmp_path / "agent")
+    env = ObjectCentricObservation(ocrl.envs.make(ENV_ID, **ENV_KWARGS), tiny_perception)
+    for position in range(2):
+        observation, _ = env.reset(seed=7 + position)
+        for stored in store.episode(position).actions:
+            action, _ = policy.predict({key: value[None] for key, value in observation.items()}, deterministic=True)
+            assert action[0] == stored
+            observation, *_ = env.step(action[0])
+    oracle = AgentConfig(env_id=ENV_ID, observation="ground_truth", env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    train_agent(oracle, tmp_path / "oracle", steps=32, num_envs=1, eval_episodes=1, progress=False)
+    arguments[arguments.index(str(tmp_path / "agent"))] = str(tmp_path / "oracle")
+    assert main([*arguments[:-1], str(tmp_path / "other")]) == 2
+    assert "ground-truth objects" in capsys.readouterr().err

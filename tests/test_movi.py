@@ -344,6 +344,28 @@ def test_convert_resumes_and_downsamples(shards, tmp_path):
         convert_movi(directory, tmp_path / "other", resolution=3, workers=0, progress=False)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_convert_skips_bad_records_and_shards_and_says_so(shards, tmp_path, capsys, workers):
+    directory, videos = shards
+    damaged = tmp_path / "shards"
+    damaged.mkdir()
+    first, second = (directory / f"movi_e-train.tfrecord-0000{i}-of-00002" for i in (0, 1))
+    data = bytearray(first.read_bytes())
+    data[record_offsets(first)[1] + 200] ^= 0x10  # record 1: its data fails its checksum
+    (damaged / first.name).write_bytes(bytes(data))
+    (damaged / second.name).write_bytes(second.read_bytes()[:50])  # the whole shard is cut short
+    store = convert_movi(damaged, tmp_path / "store", workers=workers, progress=False)
+    assert [record.index for record in store.episodes] == [0]
+    assert np.array_equal(store.episode(0).frames(), videos[0]["video"])
+    err = capsys.readouterr().err
+    assert f"{first.name}: record 1 is corrupt" in err and f"{second.name}: record 0 is truncated" in err
+    assert "skipped 2 unreadable part(s)" in err
+    # repaired shards would renumber the videos under the stored episodes: refused, not mixed
+    (damaged / second.name).write_bytes(second.read_bytes())
+    with pytest.raises(OcrlError, match="convert into a new DST"):
+        convert_movi(damaged, tmp_path / "store", workers=workers, progress=False)
+
+
 def test_clip_conditions_are_first_frame_boxes(shards, tmp_path):
     directory, _ = shards
     store = convert_movi(directory, tmp_path / "store", workers=0, progress=False)
@@ -394,7 +416,7 @@ def test_cli_convert(shards, tmp_path, capsys):
         (["movi", "convert", "{tmp}", "{tmp}/out"], "holds no TFRecord shards"),
         (["movi", "convert", "{shards}", "{tmp}/out", "--resolution", "0"], "expected a positive integer"),
         (["movi", "convert", "{shards}", "{tmp}/out", "--resolution", "3"], "pick a resolution that divides"),
-        (["movi", "convert", "{corrupt}", "{tmp}/out"], "record 0 is truncated"),
+        (["movi", "convert", "{corrupt}", "{tmp}/out"], "holds no readable videos: {tmp}/bad/bad.tfrecord: record 0 is truncated"),
         (["movi"], "required: <movi command>"),
         (["movi", "generate", "{tmp}/gen"], "required: --videos"),
         (["movi", "generate", "{tmp}/gen", "--videos", "1", "--min-objects", "5", "--max-objects", "2"], "min_objects <= max_objects"),
@@ -408,7 +430,7 @@ def test_cli_errors_are_one_line(shards, tmp_path, capsys, arguments, fragment):
     filled = [argument.format(tmp=tmp_path, shards=directory, corrupt=corrupt) for argument in arguments]
     assert main(filled) == 2
     error = capsys.readouterr().err
-    assert fragment in error and error.count("\n") == 1 and error.startswith("ocrl movi")
+    assert fragment.format(tmp=tmp_path) in error and error.count("\n") == 1 and error.startswith("ocrl movi")
 
 
 # --- generator -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import types
 
 import numpy as np
 import pytest
@@ -115,3 +116,62 @@ def test_distributed_training_with_two_gloo_processes(store, tmp_path):
     multiprocessing.spawn(_distributed_worker, args=(2, _free_port(), str(store.path), str(out)), nprocs=2, join=True)
     assert load_trainer_state(out)["step"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
+
+
+class _OracleModel(torch.nn.Module):
+    """A "perception model" that reads the instance ids painted into the red channel (id * 60)
+    and returns them as slot masks; ``merge`` maps ids onto others (one slot for two objects)."""
+
+    def __init__(self, num_slots: int, resolution: int, merge: dict[int, int] | None = None):
+        super().__init__()
+        self.num_slots, self.resolution, self.merge = num_slots, resolution, merge or {}
+        self.initializer = None
+
+    def init_state(self, batch_size):
+        return None
+
+    def step(self, frames, state, is_first, conditions=None):
+        ids = (frames[:, 0] * 255 / 60).round().long()
+        for source, target in self.merge.items():
+            ids[ids == source] = target
+        masks = torch.nn.functional.one_hot(ids, self.num_slots).permute(0, 3, 1, 2).float()
+        return None, types.SimpleNamespace(slots=masks)
+
+    def decode(self, slots):
+        return types.SimpleNamespace(masks=slots, reconstruction=torch.zeros(len(slots), 3, self.resolution, self.resolution))
+
+
+@pytest.fixture(scope="module")
+def painted_store(tmp_path_factory):
+    """Two episodes of 4 frames, 16x16: three 4x4 squares (ids 1-3) moving right, painted with their ids."""
+    from ocrl.data.store import RolloutWriter
+
+    header = {"env_id": "ocrl/test", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [16, 16, 3], "action_space": {"type": "Discrete", "n": 2, "start": 0}, "ground_truth": ["masks"]}
+    path = tmp_path_factory.mktemp("painted") / "store"
+    writer = RolloutWriter(path, header)
+    for episode in range(2):
+        masks = np.zeros((4, 16, 16), np.int32)
+        for t in range(4):
+            for object_id, row in ((1, 1), (2, 6), (3, 11)):
+                masks[t, row : row + 4, t + episode : t + episode + 4] = object_id
+        frames = np.zeros((4, 16, 16, 3), np.uint8)
+        frames[..., 0] = masks * 60
+        writer.add(episode, episode, frames, np.zeros(3, np.int64), np.zeros(3), np.zeros(3, bool), np.zeros(3, bool), [{"masks": m} for m in masks])
+    writer.close()
+    return path
+
+
+def test_evaluate_perception_gives_known_answers(painted_store):
+    from sklearn.metrics import adjusted_rand_score
+
+    perfect = evaluate_perception(_OracleModel(4, 16), painted_store, num_frames=4, progress=False)
+    assert perfect["videos"] == 2
+    assert {name: perfect[name] for name in ("fg_ari", "fg_ari_frame", "miou", "mbo")} == pytest.approx({"fg_ari": 1.0, "fg_ari_frame": 1.0, "miou": 1.0, "mbo": 1.0})
+    # one slot holds objects 1 and 2 (equal areas): best overlaps 1/2, 1/2, 1 -> mBO 2/3; a
+    # one-to-one matching leaves object 2 unmatched -> mIoU (1/2 + 0 + 1) / 3 = 1/2
+    merged = evaluate_perception(_OracleModel(4, 16, merge={2: 1}), painted_store, num_frames=4, progress=False)
+    assert merged["mbo"] == pytest.approx(2 / 3) and merged["miou"] == pytest.approx(1 / 2)
+    truth = np.repeat([1, 2, 3], 4 * 16)  # a video: 4 frames of 16 pixels per object
+    assert merged["fg_ari"] == pytest.approx(adjusted_rand_score(truth, np.where(truth == 2, 1, truth)))
+    per_frame = np.repeat([1, 2, 3], 16)
+    assert merged["fg_ari_frame"] == pytest.approx(adjusted_rand_score(per_frame, np.where(per_frame == 2, 1, per_frame)))

@@ -4,7 +4,9 @@ imagination envs, evaluation, agents trained in imagination, and the CLI."""
 from __future__ import annotations
 
 import json
+import math
 import os
+from pathlib import Path
 
 from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
@@ -223,6 +225,44 @@ def test_imagination_vec_env_steps_truncates_and_restarts(world_model):
     assert (venv.episodes.steps == 0).all()
 
 
+def test_imagined_box_actions_step_as_the_model_predicts():
+    """A world model of Box actions: imagination feeds the actions as vectors, and each imagined
+    step is the model's prediction for the episode so far."""
+    from ocrl.world_models.imagination import ImaginedEpisodes
+
+    box = {"type": "Box", "shape": [2], "dtype": "float32", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
+    model = trained_like(SlotWorldModel(small_config(action_space=box)))
+    codes, actions = random_codes(2, 3), torch.rand(2, 3, 2) * 2 - 1
+    codes.position.clamp_(0, 1)  # inside the bounds imagination clamps to
+    episodes = ImaginedEpisodes(model, 2)
+    episodes.observe(codes[:, 0])
+    first = episodes.step(actions[:, 0].numpy())
+    torch.testing.assert_close(first.codes.slots, model(codes[:, :1], actions[:, :1]).codes.slots[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_imagination_defaults_and_sb3_queries(world_model):
+    from stable_baselines3.common.monitor import Monitor
+
+    from ocrl.world_models import starts_from_env
+
+    model = load_world_model(world_model)
+    starts = starts_from_env(model, count=2)  # the world model's own env and perception
+    assert starts["slots"].shape == (2, model.config.num_slots, model.config.slot_dim)
+    assert not np.array_equal(starts["slots"][0], starts["slots"][1])  # episodes seeded 0 and 1: two scenes
+    venv = ImaginationVecEnv(model, starts, num_envs=3)
+    assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [False]
+    # VecEnv.seed then reset reproduces, for a single env too
+    resets = []
+    for _ in range(2):
+        single = ImaginationVecEnv(model, starts, num_envs=1, seed=None)
+        single.seed(3)
+        resets.append(single.reset()["slots"])
+    np.testing.assert_array_equal(resets[0], resets[1])
+    env = ImaginationEnv(model, starts, max_episode_steps=5)
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(0)
+
+
 def test_imagination_env_passes_the_env_checkers(world_model):
     model = load_world_model(world_model)
     starts = {"slots": np.zeros((2, 3, 16), np.float32), "position": np.full((2, 3, 4), 0.5, np.float32), "presence": np.full((2, 3), 0.5, np.float32)}
@@ -249,7 +289,8 @@ def test_open_loop_of_an_untrained_model_is_the_copy_last_baseline(store, tiny_p
         assert scores["slot_mse"] == pytest.approx(scores["slot_mse_copy_last"])
         assert scores["psnr"] == pytest.approx(scores["psnr_copy_last"])
         assert 0 <= scores["fg_ari"] <= 1
-    assert 0 <= result["reward_accuracy"] <= 1 and result["transitions"] == sum(episode.length for episode in map(store.episode, range(len(store))))
+    assert math.isnan(result["reward_precision"]) or 0 <= result["reward_precision"] <= 1
+    assert result["transitions"] == sum(episode.length for episode in map(store.episode, range(len(store))))
     other = ocrl.load_perception(tiny_perception)
     other_model = SlotWorldModel(small_config(num_slots=4))
     with pytest.raises(ValueError, match="4 slots of 16"):
@@ -316,3 +357,69 @@ def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tm
     torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True)
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
+
+
+def hand_made_store(tmp_path, perception) -> Path:
+    """Two episodes (12 and 7 steps) of blank 8x8 frames whose cached codes are a ramp: every
+    slot component of step t is t. Episode 0 ends with reward 1 and terminates; episode 1 has
+    reward 0.5 at steps 3 and 5 and is truncated."""
+    from ocrl.data.store import RolloutWriter, _save_npz, episode_file_name, write_atomically
+    from ocrl.world_models.codes import INFO_FILE, perception_fingerprint
+
+    header = {"env_id": "ocrl/ObjectGoal-v0", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [8, 8, 3], "action_space": {"type": "Discrete", "n": 4, "start": 0}, "ground_truth": []}
+    path = tmp_path / "hand-made"
+    writer = RolloutWriter(path, header)
+    cache = path / "codes" / perception_fingerprint(perception)
+    cache.mkdir(parents=True)
+    write_atomically(cache / INFO_FILE, lambda file: file.write(json.dumps({"fingerprint": perception_fingerprint(perception)}).encode()))
+    for index, (steps, reward_steps, reward, terminal) in enumerate([(12, [11], 1.0, True), (7, [3, 5], 0.5, False)]):
+        rewards, terminated, truncated = np.zeros(steps), np.zeros(steps, bool), np.zeros(steps, bool)
+        rewards[reward_steps] = reward
+        (terminated if terminal else truncated)[-1] = True
+        actions = np.arange(steps) % 4
+        writer.add(index, index, np.zeros((steps + 1, 8, 8, 3), np.uint8), actions, rewards, terminated, truncated)
+        ramp = np.arange(steps + 1, dtype=np.float32)
+        codes = {
+            "slots": np.broadcast_to(ramp[:, None, None], (steps + 1, 3, 16)).copy(),
+            "position": np.zeros((steps + 1, 3, 4), np.float32),
+            "presence": np.ones((steps + 1, 3), np.float32),
+            "actions": actions, "rewards": rewards.astype(np.float32), "terminated": terminated, "truncated": truncated,
+        }
+        write_atomically(cache / episode_file_name(index), lambda file, codes=codes: _save_npz(file, codes))
+    writer.close()
+    return path
+
+
+def constant_heads(model: SlotWorldModel, reward: float, continue_logit: float) -> SlotWorldModel:
+    """The model with its reward and continuation heads fixed to constants."""
+    with torch.no_grad():
+        model.step_out[-1].weight.zero_()
+        model.step_out[-1].bias.copy_(torch.tensor([reward, continue_logit]))
+    return model.eval()
+
+
+def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception, tmp_path):
+    perception = ocrl.load_perception(tiny_perception)
+    path = hand_made_store(tmp_path, perception)
+    model = constant_heads(SlotWorldModel(small_config(perception=tiny_perception)), reward=0.0, continue_logit=3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1, 3), context=2, stride=2, max_windows=None, progress=False)
+    # windows of context - 1 + 3 = 4 steps every 2 steps: 0, 2, 4, 6, 8 of episode 0 and 0, 2 of episode 1
+    assert result["windows"] == 7 and result["episodes"] == 2
+    # the untrained model holds the last true codes still; on a ramp of slope 1 it is off by h at horizon h
+    for horizon in (1, 3):
+        assert result["open_loop"][str(horizon)]["slot_mse"] == pytest.approx(horizon**2)
+        assert result["open_loop"][str(horizon)]["slot_mse_copy_last"] == pytest.approx(horizon**2)
+    assert (result["transitions"], result["rewarded_transitions"], result["terminations"]) == (19, 3, 1)
+    # never predicts a reward or a termination: nothing to be precise about, nothing found
+    assert math.isnan(result["reward_precision"]) and result["reward_recall"] == 0
+    assert math.isnan(result["termination_precision"]) and result["termination_recall"] == 0
+    assert result["reward_mse"] == pytest.approx((1.0 + 0.25 + 0.25) / 19, rel=1e-4)
+    # always predicts reward 1 and a termination: right once each
+    model = constant_heads(model, reward=1.0, continue_logit=-3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
+    assert result["reward_precision"] == round(1 / 19, 5) and result["reward_recall"] == round(1 / 3, 5)
+    assert result["termination_precision"] == round(1 / 19, 5) and result["termination_recall"] == 1.0
+    # always predicts 0.6: the nearest reward value is 0.5, right twice
+    model = constant_heads(model, reward=0.6, continue_logit=3.0)
+    result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
+    assert result["reward_precision"] == round(2 / 19, 5) and result["reward_recall"] == round(2 / 3, 5)

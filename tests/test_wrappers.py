@@ -127,6 +127,31 @@ def test_gymnasium_vector_wrapper_matches_single_env_wrapper_across_autoresets(t
             np.testing.assert_allclose(codes["slots"][index], expected[index][step]["slots"], atol=1e-3)
 
 
+def test_same_step_autoreset_matches_single_env_wrapper(tiny_perception):
+    """SAME_STEP: the step that ends an episode returns the next episode's reset frame, which
+    must be encoded as a first frame, as the single-env wrapper encodes it after reset()."""
+    num_envs, steps, seeds = 3, 4, [10, 20, 30]
+    envs = gym.vector.SyncVectorEnv([lambda: sprite_env(steps)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    vector = ObjectCentricVectorObservation(envs, tiny_perception)
+    actions = np.random.default_rng(1).integers(0, 4, size=(10, num_envs))
+    codes, _ = vector.reset(seed=seeds)
+    batched, ends = [codes], []
+    for action in actions:
+        codes, _, terminated, truncated, _ = vector.step(action)
+        batched.append(codes)
+        ends.append(terminated | truncated)
+    assert np.any(ends)  # the comparison crosses autoresets
+    for index, seed in enumerate(seeds):
+        env = ObjectCentricObservation(sprite_env(steps), tiny_perception)
+        expected, _ = env.reset(seed=seed)
+        np.testing.assert_allclose(batched[0]["slots"][index], expected["slots"], atol=1e-3)
+        for step, action in enumerate(actions[:, index], start=1):
+            expected, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                expected, _ = env.reset()
+            np.testing.assert_allclose(batched[step]["slots"][index], expected["slots"], atol=1e-3)
+
+
 def test_sb3_vec_env_wrapper_matches_single_env_wrapper_and_encodes_terminal_frames(tiny_perception):
     num_envs, steps = 2, 3
     venv = ObjectCentricVecEnv(DummyVecEnv([lambda: sprite_env(steps)] * num_envs), tiny_perception)
@@ -172,8 +197,31 @@ def test_bad_frames_give_clear_errors(tiny_perception):
         encoder.encode(np.full((1, 40, 40, 3), 2.0, np.float32))
     with pytest.raises(ValueError, match="too small"):
         encoder.encode(np.zeros((1, 6, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        encoder.encode(np.zeros((1, 1, 40, 40, 3), np.uint8))  # a stack of frames is not a frame
     with pytest.raises(ValueError, match="no perception model 'no-such-model'"):
         SlotEncoder("no-such-model")
+
+
+def test_stacked_frames_are_not_frames():
+    from ocrl.wrappers import frame_source
+
+    stacked = gym.spaces.Box(0, 255, (4, 32, 32, 3), np.uint8)
+    assert frame_source(stacked) is None and frame_source(gym.spaces.Dict({"pixels": stacked})) is None
+    assert frame_source(gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)) == "observation"
+
+
+def test_float_frames_in_0_1_encode_like_their_uint8_frames(tiny_perception):
+    """The bounds 0 and 1 themselves are valid: black and white pixels."""
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    frames[0, :16] = 255
+    frames[1, :, :8] = 255
+    as_uint8 = SlotEncoder(tiny_perception, num_streams=2).encode(frames)
+    as_float = SlotEncoder(tiny_perception, num_streams=2).encode(frames.astype(np.float32) / 255)
+    for key in as_uint8:
+        np.testing.assert_allclose(as_float[key], as_uint8[key], atol=1e-6)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        SlotEncoder(tiny_perception, num_streams=1).encode(np.full((1, 32, 32, 3), -1e-3, np.float32))
 
 
 def test_default_model_is_the_shipped_one():

@@ -76,7 +76,7 @@ def encode_store(
         raise OcrlError(f"cannot create the code cache {cache}: {error.strerror}; pass another cache directory") from None
     info_path = cache / INFO_FILE
     if info_path.exists():
-        known = json.loads(info_path.read_text())
+        known = _read_info(info_path)
         if known.get("fingerprint") != fingerprint:
             raise OcrlError(f"{cache} holds codes of another perception model (fingerprint {known.get('fingerprint')}, this one {fingerprint}); pass another cache directory")
     else:
@@ -141,7 +141,7 @@ class CodeCache:
         info_path = self.directory / INFO_FILE
         if not info_path.exists():
             raise OcrlError(f"{self.directory} is not a code cache (no {INFO_FILE})")
-        self.info = json.loads(info_path.read_text())
+        self.info = _read_info(info_path)
         files = sorted(self.directory.glob("episode-*.npz"))
         if episodes is not None:
             files = [self.directory / episode_file_name(i) for i in episodes]
@@ -216,3 +216,13 @@ def _load(path: Path) -> dict[str, Any]:
             return {key: archive[key] for key in (*CODE_KEYS, *STEP_KEYS)}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CorruptFileError(f"{path}: not a readable code file ({error}); delete it and encode again") from None
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{path}: not a code cache's info (invalid JSON); delete the cache directory and encode again")
+    return info

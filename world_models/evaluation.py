@@ -14,13 +14,19 @@ the codes the perception model gives the real frames, next to the copy-last-stat
 - ``fg_ari``: per-frame FG-ARI of the decoded masks against ground-truth masks (when the store
   has them).
 
-One step, teacher-forced over every transition: ``reward_mse``, ``reward_accuracy`` (the
-predicted reward, snapped to the nearest reward value seen in the data, equals the true one) and
-``continue_accuracy`` (continuation probability on the right side of 1/2).
+One step, teacher-forced over every transition: ``reward_mse``; ``reward_precision`` and
+``reward_recall`` on rewarded transitions (a prediction is snapped to the nearest of 0 and the
+reward values seen in the data; precision: of the transitions predicted rewarded, the fraction
+whose true reward is that value; recall: of the transitions with a non-zero reward, the fraction
+predicted with that value); ``termination_precision`` and ``termination_recall`` likewise for
+terminations (continuation probability below 1/2). Each is NaN when undefined (nothing
+predicted, or nothing to find): with rewards that are constant an accuracy would be 1.0 for a
+model that never predicts a reward, which says nothing.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
@@ -88,6 +94,11 @@ def evaluate_world_model(
     if context < 1 or context > model.config.history:
         raise OcrlError(f"context must be between 1 and the model's history ({model.config.history}), got {context}")
     store = data if isinstance(data, RolloutStore) else RolloutStore.open(data)
+    if store.header.get("action_space") != model.config.action_space:
+        raise OcrlError(
+            f"{store.path} holds actions of {store.header.get('action_space')}, but the world model acts in {model.config.action_space}; "
+            "evaluate it on rollouts of the env it was trained on"
+        )
     codes = CodeCache(encode_store(perception, store, cache, progress=progress))
     device = model.device
     horizon = max(horizons)
@@ -158,16 +169,25 @@ def _one_step_scores(model: SlotWorldModel, codes: CodeCache) -> dict[str, float
             predicted_continues.append(torch.sigmoid(output.continue_logits[0]).cpu()[valid])
     rewards, predicted_rewards = torch.cat(rewards), torch.cat(predicted_rewards)
     continues, predicted_continues = torch.cat(continues), torch.cat(predicted_continues)
-    values = torch.unique(rewards)
+    values = torch.unique(torch.cat([rewards, torch.zeros(1)]))
     snapped = values[(predicted_rewards[:, None] - values[None]).abs().argmin(1)]
-    nonzero = rewards != 0
+    terminated, predicted_terminated = continues < 0.5, predicted_continues < 0.5
     return {
         "transitions": int(len(rewards)),
+        "rewarded_transitions": int((rewards != 0).sum()),
+        "terminations": int(terminated.sum()),
         "reward_mse": round(float((predicted_rewards - rewards).square().mean()), 6),
-        "reward_accuracy": round(float((snapped == rewards).float().mean()), 5),
-        "reward_accuracy_nonzero": round(float((snapped[nonzero] == rewards[nonzero]).float().mean()), 5) if bool(nonzero.any()) else None,
-        "continue_accuracy": round(float(((predicted_continues >= 0.5) == (continues >= 0.5)).float().mean()), 5),
+        "reward_precision": _ratio((snapped != 0) & (snapped == rewards), snapped != 0),
+        "reward_recall": _ratio((rewards != 0) & (snapped == rewards), rewards != 0),
+        "termination_precision": _ratio(predicted_terminated & terminated, predicted_terminated),
+        "termination_recall": _ratio(predicted_terminated & terminated, terminated),
     }
+
+
+def _ratio(hits: torch.Tensor, candidates: torch.Tensor) -> float:
+    """hits / candidates counted over boolean masks, rounded; NaN when there are no candidates."""
+    count = int(candidates.sum())
+    return round(int(hits.sum()) / count, 5) if count else math.nan
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
+from ocrl.preflight import preflight
 from ocrl.slots import SlotCodes
 from ocrl.training import _distributed_setup, _tensorboard_writer, learning_rate_factor
 from ocrl.world_models.codes import CodeCache, Window, encode_store
@@ -141,6 +142,7 @@ def train_world_model(
     import ocrl
     from ocrl.wrappers import resolve_model
 
+    preflight(checkpoint=out, stores=[data], stores_need_actions=True, device=device)
     training = training or WorldModelTrainingConfig()
     history = (model_config or {}).get("history", WorldModelConfig.history)
     if training.rollout_steps >= history:

@@ -15,6 +15,7 @@ import copy
 import functools
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +132,7 @@ def collect(
     progress: bool = True,
     asynchronous: bool = False,
     deterministic: bool = False,
+    verify: bool = False,
 ) -> RolloutStore:
     """Make the store at ``out`` hold ``episodes`` episodes of ``env_id`` in total.
 
@@ -140,6 +142,9 @@ def collect(
     ``deterministic`` picks its most likely actions instead of sampling). ``num_envs`` sub-envs
     run in one process, or one process each with ``asynchronous``. On Ctrl-C the finished
     episodes are kept and :class:`~ocrl.errors.CollectionInterrupted` is raised.
+
+    The episodes already stored are checked first (every byte against the files' CRCs; with
+    ``verify`` every frame is also decoded); broken or missing ones are collected again.
     """
     if not isinstance(episodes, int) or episodes < 1:
         raise OcrlError(f"episodes must be a positive integer, got {episodes!r}")
@@ -163,6 +168,11 @@ def collect(
         action_space = probe.action_space
         if policy == "random":
             act, policy_description = None, {"kind": "random"}
+        elif os.path.isdir(policy):
+            from ocrl.data.sb3_policy import AgentPolicy
+
+            act = AgentPolicy(policy, env_id, probe, deterministic=deterministic)
+            policy_description = act.description
         else:
             from ocrl.data.sb3_policy import load_sb3_policy
 
@@ -187,6 +197,9 @@ def collect(
     }
 
     writer = RolloutWriter(out, header)
+    broken = writer.drop_broken(decode=verify)
+    if broken:
+        print(f"{out}: {len(broken)} broken episode file(s) will be collected again; first: {broken[0]}", file=sys.stderr)
     todo = [index for index in range(episodes) if index not in writer.indices]
     bar = tqdm(total=episodes, initial=episodes - len(todo), unit="episode", desc=env_id, disable=not progress)
     envs = None
@@ -225,6 +238,10 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
     # a copy of the action space per sub-env, reseeded for each episode: the random policy
     action_samplers = [copy.deepcopy(action_space) for _ in range(num_envs)]
 
+    # what a policy acting on frames needs: each sub-env's latest frame and whether it begins an episode
+    frames: list[np.ndarray | None] = [None] * num_envs
+    is_first = np.ones(num_envs, dtype=bool)
+
     def start(mask: np.ndarray, first: bool = False):
         seeds: list[int | None] = [None] * num_envs
         for slot in np.flatnonzero(mask):
@@ -236,6 +253,8 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
         options = None if first else {"reset_mask": mask}
         observations, infos = envs.reset(seed=seeds, options=options)
         for slot in np.flatnonzero(mask):
+            frames[slot] = infos[_RECORD_KEY][slot].frame
+            is_first[slot] = True
             if running[slot] is not None:
                 running[slot].add_frame(infos[_RECORD_KEY][slot])
         return observations
@@ -245,8 +264,10 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
         if act is None:
             actions = np.stack([sampler.sample() for sampler in action_samplers])
         else:
-            actions = act(observations)
+            actions = act(observations, np.stack(frames), is_first.copy())
         observations, rewards, terminated, truncated, infos = envs.step(actions)
+        frames = [record.frame for record in infos[_RECORD_KEY]]
+        is_first[:] = False
         for slot, buffer in enumerate(running):
             if buffer is None:
                 continue

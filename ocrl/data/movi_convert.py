@@ -25,6 +25,7 @@ centre.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -37,14 +38,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ocrl.data.movi import LABEL_NAMES, decode_movi_example, movi_variant, shard_paths
-from ocrl.data.store import EPISODE_DIR, EpisodeRecord, RolloutStore, RolloutWriter, episode_file_name, write_episode
-from ocrl.data.tfrecord import read_record_at, record_offsets
+from ocrl.data.store import EPISODE_DIR, EpisodeRecord, RolloutStore, RolloutWriter, episode_file_name, write_atomically, write_episode
+from ocrl.data.tfrecord import read_record_at, scan_records
 from ocrl.envs.ground_truth import FRAME_KEYS, OBJECT_KEYS
-from ocrl.errors import CollectionInterrupted, OcrlError
+from ocrl.errors import CollectionInterrupted, CorruptFileError, OcrlError
 
 GROUND_TRUTH_KEYS = (*FRAME_KEYS, *OBJECT_KEYS)
 _FIELDS = ("video", "segmentations", "depth", "instances", "camera")
 _CHUNK = 8  # videos per worker task: small enough to balance two cores over one shard
+SCAN_FILE = "movi_shards.json"  # readable records per shard, as numbered in the store
 
 
 @dataclass(frozen=True)
@@ -148,17 +150,22 @@ def _factor(height: int, width: int, resolution: int | None) -> int:
     return height // resolution
 
 
-def _convert_videos(videos: list[_Video], out: str, resolution: int | None, variant: str | None) -> list[EpisodeRecord]:
-    """Worker: read, convert and write a few videos; returns their records."""
-    records = []
+def _convert_videos(videos: list[_Video], out: str, resolution: int | None, variant: str | None) -> tuple[list[EpisodeRecord], list[str]]:
+    """Worker: read, convert and write a few videos; returns their records, and what was wrong
+    with each video that could not be read (skipped)."""
+    records, problems = [], []
     for video in videos:
-        data = read_record_at(video.shard, video.offset, video.record)
-        decoded = decode_movi_example(data, fields=_FIELDS, variant=variant, where=f"{video.shard}: record {video.record}")
+        try:
+            data = read_record_at(video.shard, video.offset, video.record)
+            decoded = decode_movi_example(data, fields=_FIELDS, variant=variant, where=f"{video.shard}: record {video.record}")
+        except CorruptFileError as error:
+            problems.append(str(error))
+            continue
         episode = episode_from_video(decoded, resolution)
         file = f"{EPISODE_DIR}/{episode_file_name(video.index)}"
         write_episode(Path(out) / file, video.index, 0, episode["frames"], episode["actions"], episode["rewards"], episode["terminated"], episode["truncated"], episode["ground_truth"], GROUND_TRUTH_KEYS)
         records.append(EpisodeRecord(video.index, file, 0, len(episode["rewards"]), 0.0))
-    return records
+    return records, problems
 
 
 def convert_movi(
@@ -180,11 +187,19 @@ def convert_movi(
     shards = shard_paths(source)
     variant = movi_variant(shards[0])
     videos: list[_Video] = []
+    problems: list[str] = []  # what was skipped, said again in the summary
+    counts: dict[str, int] = {}
     for shard in shards:
-        for record, offset in enumerate(record_offsets(shard)):
+        offsets, problem = scan_records(shard)
+        if problem is not None:
+            problems.append(f"{problem}; it and the shard's later records are skipped")
+        counts[Path(shard).name] = len(offsets)
+        for record, offset in enumerate(offsets):
             videos.append(_Video(len(videos), str(shard), record, offset))
     if not videos:
-        raise OcrlError(f"{source} holds no videos (its shards are empty)")
+        raise OcrlError(f"{source} holds no readable videos" + (f": {problems[0]}" if problems else " (its shards are empty)"))
+    for problem in problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     videos = videos[:max_videos]
     first = videos[0]
     probe = decode_movi_example(read_record_at(first.shard, first.offset, first.record), fields=("metadata",), variant=variant, where=f"{first.shard}: record {first.record}")["metadata"]
@@ -201,6 +216,7 @@ def convert_movi(
         "ground_truth": list(GROUND_TRUTH_KEYS),
     }
     writer = RolloutWriter(out, header)
+    _check_scan(Path(out), counts)
     todo = [video for video in videos if video.index not in writer.indices]
     chunks = [todo[start : start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
     bar = tqdm(total=len(videos), initial=len(videos) - len(todo), unit="video", desc=f"convert {variant or 'movi'}", disable=not progress)
@@ -208,7 +224,9 @@ def convert_movi(
     try:
         if workers == 0 or len(chunks) <= 1:
             for chunk in chunks:
-                for record in _convert_videos(chunk, str(out), resolution, variant):
+                records, skipped = _convert_videos(chunk, str(out), resolution, variant)
+                _report(skipped, problems, bar)
+                for record in records:
                     writer.add_written(record)
                     bar.update()
         else:
@@ -220,7 +238,9 @@ def convert_movi(
                     while pending:
                         done, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for future in done:
-                            for record in future.result():
+                            records, skipped = future.result()
+                            _report(skipped, problems, bar)
+                            for record in records:
                                 writer.add_written(record)
                                 bar.update()
                 except BaseException:
@@ -232,4 +252,29 @@ def convert_movi(
     finally:
         bar.close()
         writer.close()
+    if problems:
+        print(f"{out}: skipped {len(problems)} unreadable part(s) of the shards (listed above); the store holds the other videos", file=sys.stderr)
     return RolloutStore.open(out)
+
+
+def _report(skipped: list[str], problems: list[str], bar: tqdm) -> None:
+    for problem in skipped:
+        bar.write(f"skipped: {problem}", file=sys.stderr)
+    problems.extend(skipped)
+
+
+def _check_scan(out: Path, counts: dict[str, int]) -> None:
+    """Video i is the i-th readable record across the shards, so a rerun must see the same
+    records per shard: a damaged shard repaired (or a shard damaged since) would shift the
+    numbering under the episodes already stored. The counts are kept in SCAN_FILE."""
+    path = out / SCAN_FILE
+    if path.exists():
+        try:
+            known = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CorruptFileError(f"{path}: not valid JSON") from None
+        if known != counts:
+            changed = sorted(name for name in set(known) | set(counts) if known.get(name) != counts.get(name))
+            raise OcrlError(f"{out} was converted from shards with other readable records ({', '.join(changed[:3])}); convert into a new DST")
+    else:
+        write_atomically(path, lambda file: file.write(json.dumps(counts, indent=1).encode()))

@@ -98,12 +98,12 @@ def _decode_png16(data: bytes, width: int, height: int, channels: int) -> np.nda
         elif kind == b"IEND":
             break
         position += 12 + length
-    try:
-        raw = zlib.decompress(b"".join(compressed))
-    except zlib.error as error:
-        raise ValueError(f"corrupt PNG data ({error})") from None
     bytes_per_pixel = channels * 2
     stride = width * bytes_per_pixel
+    try:  # bounded by the image's size: corrupt data must not expand without limit
+        raw = zlib.decompressobj().decompress(b"".join(compressed), height * (stride + 1) + 1)
+    except zlib.error as error:
+        raise ValueError(f"corrupt PNG data ({error})") from None
     if len(raw) != height * (stride + 1):
         raise ValueError(f"PNG data has {len(raw)} bytes, expected {height * (stride + 1)}")
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)

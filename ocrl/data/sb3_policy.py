@@ -1,4 +1,5 @@
-"""Act with the policy of a Stable-Baselines3 ``.zip`` without unpickling anything from it.
+"""Act with the policy of a Stable-Baselines3 ``.zip`` without unpickling anything from it (and
+with an ocrl agent checkpoint directory: :class:`AgentPolicy`).
 
 ``BaseAlgorithm.load`` unpickles the zip's ``data`` entries (cloudpickle), which runs whatever
 code the file carries; ocrl never does that with a file a user hands it. Instead the policy is
@@ -51,7 +52,39 @@ class Sb3Policy:
         self.deterministic = deterministic
         self.description = description
 
-    def __call__(self, observations) -> np.ndarray:
+    def __call__(self, observations, frames=None, is_first=None) -> np.ndarray:
+        actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
+        return actions
+
+
+class AgentPolicy:
+    """``policy(observations, frames, is_first) -> actions`` for an ocrl agent checkpoint (a
+    directory from ``ocrl train-agent``): pixel agents act on the observed frames, slot agents
+    on the codes of their perception model, encoded here batch by batch with each sub-env's
+    episode start (``is_first``)."""
+
+    def __init__(self, path: str | Path, env_id: str, env: gym.Env, deterministic: bool = False):
+        from ocrl.agents import load_agent
+
+        path = Path(path)
+        self.policy, self.config = load_agent(path, device="cpu")
+        if self.config.env_id != env_id:
+            raise OcrlError(f"{path} is an agent of {self.config.env_id}, not of {env_id}")
+        if self.config.observation == "ground_truth":
+            raise OcrlError(f"{path} acts on ground-truth objects, which collect does not compute; collect with a slot or pixel agent")
+        if self.config.observation == "pixels" and not (isinstance(env.observation_space, gym.spaces.Box) and env.observation_space.shape == self.policy.observation_space.shape[1:] + self.policy.observation_space.shape[:1]):
+            raise OcrlError(f"{path} acts on pixels of shape {self.policy.observation_space.shape}, the env observes {env.observation_space}")
+        self.deterministic = deterministic
+        self.encoder = None
+        self.description = {"kind": "ocrl-agent", "directory": path.name, "config": self.config.to_dict(), "deterministic": deterministic}
+
+    def __call__(self, observations, frames=None, is_first=None) -> np.ndarray:
+        if self.config.observation == "slots":
+            from ocrl.wrappers import SlotEncoder
+
+            if self.encoder is None or self.encoder.num_streams != len(frames):
+                self.encoder = SlotEncoder(self.config.perception, num_streams=len(frames), keys=self.config.keys, device="cpu")
+            observations = self.encoder.encode(frames, is_first)
         actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
         return actions
 

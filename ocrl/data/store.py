@@ -273,12 +273,18 @@ class EpisodeFile:
         values = np.empty((stop - start, *shape[1:]), dtype=dtype)
         for k in range(stop - start):
             stream = raw[int(offsets[start + k]) - first : int(offsets[start + k + 1]) - first]
+            # bounded: a corrupt or hostile stream must not expand to more than a frame's bytes
+            decompressor = zlib.decompressobj()
             try:
-                decoded = zlib.decompress(stream)
+                decoded = decompressor.decompress(stream, max(1, frame_bytes))  # 0 would mean no limit
             except zlib.error as error:
                 decoded, reason = b"", str(error)
             else:
-                reason = f"{len(decoded)} bytes, expected {frame_bytes}"
+                if decompressor.unconsumed_tail or not decompressor.eof:
+                    reason = f"does not decompress to exactly {frame_bytes} bytes"
+                    decoded = b""
+                else:
+                    reason = f"{len(decoded)} bytes, expected {frame_bytes}"
             if len(decoded) != frame_bytes:
                 raise CorruptFileError(f"{self.path}: frame {start + k} of {name!r} is corrupt ({reason})")
             values[k] = np.frombuffer(decoded, dtype=dtype).reshape(shape[1:])
@@ -443,14 +449,18 @@ class Episode:
     def _per_frame(self, name: str, start: int, stop: int) -> np.ndarray:
         episode_file = self._files.get(self.path)
         if episode_file.frame_count(name) != self.length + 1:
-            raise CorruptFileError(f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, expected {self.length + 1}")
+            raise CorruptFileError(f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, {self._manifest_says(self.length + 1)}")
         return episode_file.per_frame(name, start, stop)
 
     def _per_step(self, name: str, count: int) -> np.ndarray:
         values = self._files.get(self.path).array(name)
         if values.ndim == 0 or len(values) != count:
-            raise CorruptFileError(f"{self.path}: {name!r} has shape {values.shape}, expected {count} rows")
+            raise CorruptFileError(f"{self.path}: {name!r} has shape {values.shape}, {self._manifest_says(count)} rows")
         return values
+
+    def _manifest_says(self, count: int) -> str:
+        # either file may be the damaged one: the episode file or the manifest's record of it
+        return f"but {self.path.parent.parent / MANIFEST_NAME} says episode {self.index} has {count}"
 
 
 def _record_from_file(store_path: Path, file: str) -> EpisodeRecord:
@@ -485,12 +495,50 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], list[EpisodeRecord]]:
         records = [EpisodeRecord.from_json(entry) for entry in manifest["episodes"]]
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptFileError(f"{manifest_path}: malformed manifest ({type(error).__name__}: {error})") from None
+    unknown = [key for key in header["ground_truth"] if key not in (*FRAME_KEYS, *OBJECT_KEYS)] if isinstance(header["ground_truth"], list) else ["?"]
+    shape = header["frame_shape"]
+    if unknown or not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3 and all(isinstance(size, int) and size > 0 for size in shape)):
+        raise CorruptFileError(f"{manifest_path}: malformed manifest (ground truth {header['ground_truth']!r}, frame shape {shape!r})")
     return header, records
 
 
-def reconcile(path: Path, records: Sequence[EpisodeRecord]) -> tuple[list[EpisodeRecord], bool]:
+def check_episode_file(path: Path, record: EpisodeRecord, ground_truth_keys: Sequence[str], decode: bool = False) -> str | None:
+    """None if ``path`` holds the episode ``record`` describes, intact; else what is wrong.
+
+    Checks the zip's CRCs (every byte of the file is read), the index, seed and length, and the
+    per-frame layouts; with ``decode`` also decompresses every frame and ground-truth array.
+    """
+    episode = Episode(record, path, _OpenFiles(capacity=1), ground_truth_keys)
+    try:
+        episode_file = episode._files.get(path)
+        try:
+            damaged = episode_file._zip.testzip()
+        except _PARSE_ERRORS as error:
+            return f"{path}: not a readable episode file ({error})"
+        if damaged is not None:
+            return f"{path}: member {damaged!r} fails its CRC check"
+        if int(episode_file.array("index")) != record.index or int(episode_file.array("seed")) != record.seed:
+            return f"{path}: does not hold episode {record.index} (seed {record.seed})"
+        for name in ("actions", "rewards", "terminated", "truncated"):
+            episode._per_step(name, record.length)
+        episode_file.frame_count("frames")
+        if decode:
+            episode.frames()
+            if ground_truth_keys:
+                episode.ground_truth()
+        elif record.length + 1 != episode_file.frame_count("frames"):
+            return f"{path}: 'frames' has {episode_file.frame_count('frames')} frames, expected {record.length + 1}"
+    except CorruptFileError as error:
+        return str(error)
+    finally:
+        episode._files.close()
+    return None
+
+
+def reconcile(path: Path, records: Sequence[EpisodeRecord], skip_broken: bool = False) -> tuple[list[EpisodeRecord], bool]:
     """The manifest's records plus any episode file it misses, sorted by index; and whether any
-    were missed. A listed file that is gone is an error."""
+    were missed. A listed file that is gone is an error; so is an unlisted file that cannot be
+    read, unless ``skip_broken`` (a writer, which will write it again)."""
     by_index = {record.index: record for record in records}
     on_disk = {entry.name for entry in os.scandir(path / EPISODE_DIR)} if (path / EPISODE_DIR).is_dir() else set()
     for record in records:
@@ -501,7 +549,12 @@ def reconcile(path: Path, records: Sequence[EpisodeRecord]) -> tuple[list[Episod
     listed = {Path(record.file).name for record in records}
     missed = sorted(name for name in on_disk if _EPISODE_NAME.fullmatch(name) and name not in listed)
     for name in missed:
-        record = _record_from_file(path, f"{EPISODE_DIR}/{name}")
+        try:
+            record = _record_from_file(path, f"{EPISODE_DIR}/{name}")
+        except CorruptFileError:
+            if not skip_broken:
+                raise
+            continue
         by_index[record.index] = record
     return [by_index[index] for index in sorted(by_index)], bool(missed)
 
@@ -581,14 +634,17 @@ class RolloutWriter:
                 details = "; ".join(f"{key}: store has {existing[key]!r}, asked for {self.header[key]!r}" for key in different)
                 raise OcrlError(f"{self.path} holds a different collection ({details}); use another --out")
             self._remove_temp_files()
-            episodes, missed = reconcile(self.path, records)
+            present = [record for record in records if (self.path / record.file).is_file()]  # a lost file is written again
+            self._problems = [f"{self.path / record.file}: listed in {MANIFEST_NAME} but missing" for record in records if record not in present]
+            episodes, missed = reconcile(self.path, present, skip_broken=True)
             self._episodes = {record.index: record for record in episodes}
-            self._dirty = missed
+            self._dirty = missed or len(present) < len(records)
         elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise OcrlError(f"{self.path} exists and is not an ocrl rollout store (no {MANIFEST_NAME}); refusing to write into it")
         else:
             self._episodes = {}
             self._dirty = True
+            self._problems = []
         (self.path / EPISODE_DIR).mkdir(parents=True, exist_ok=True)
         self._last_write = 0.0
         self.write_manifest()
@@ -600,6 +656,20 @@ class RolloutWriter:
     def indices(self) -> set[int]:
         """Collection indices already stored."""
         return set(self._episodes)
+
+    def drop_broken(self, decode: bool = False) -> list[str]:
+        """Check every stored episode (:func:`check_episode_file`) and forget the broken ones, so
+        that they are written again; returns what was wrong with each (listed files that were
+        missing included)."""
+        problems, self._problems = self._problems, []
+        for index, record in sorted(self._episodes.items()):
+            problem = check_episode_file(self.path / record.file, record, self.header["ground_truth"], decode=decode)
+            if problem is not None:
+                problems.append(problem)
+                del self._episodes[index]
+                self._dirty = True
+        self.write_manifest()
+        return problems
 
     def add(self, index: int, seed: int, frames, actions, rewards, terminated, truncated, ground_truth=None) -> EpisodeRecord:
         """Write episode ``index`` (arguments as :func:`write_episode`); the manifest follows

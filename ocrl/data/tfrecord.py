@@ -165,9 +165,10 @@ def _read_record(file: BinaryIO, path: Path, index: int, verify: bool) -> bytes 
     return data
 
 
-def record_offsets(path: str | os.PathLike) -> list[int]:
-    """Byte offset of every record of a TFRecord file, from the framing alone: the data is
-    skipped unread (its checksum is checked when the record is read)."""
+def scan_records(path: str | os.PathLike) -> tuple[list[int], str | None]:
+    """Byte offsets of the records of a TFRecord file up to the first damaged framing, and what
+    is damaged there (None for an intact file). Only the framing is read; a record's data is
+    checked when it is read."""
     path = Path(path)
     size = path.stat().st_size
     offsets: list[int] = []
@@ -177,16 +178,25 @@ def record_offsets(path: str | os.PathLike) -> list[int]:
             index = len(offsets)
             header = file.read(_LENGTH.size)
             if len(header) < _LENGTH.size:
-                raise CorruptFileError(f"{path}: record {index} is truncated (the file ends inside its length header)")
+                return offsets, f"{path}: record {index} is truncated (the file ends inside its length header)"
             length, length_crc = _LENGTH.unpack(header)
             if masked_crc32c(header[:8]) != length_crc:
-                raise CorruptFileError(f"{path}: record {index} is corrupt (checksum of its length does not match)")
+                return offsets, f"{path}: record {index} is corrupt (checksum of its length does not match)"
             end = position + _LENGTH.size + length + _CRC.size
             if end > size:
-                raise CorruptFileError(f"{path}: record {index} is truncated ({size - position - _LENGTH.size} of {length + _CRC.size} bytes after its header)")
+                return offsets, f"{path}: record {index} is truncated ({size - position - _LENGTH.size} of {length + _CRC.size} bytes after its header)"
             offsets.append(position)
             position = end
             file.seek(position)
+    return offsets, None
+
+
+def record_offsets(path: str | os.PathLike) -> list[int]:
+    """Byte offset of every record of a TFRecord file (:func:`scan_records`); a damaged framing
+    raises :class:`~ocrl.errors.CorruptFileError`."""
+    offsets, problem = scan_records(path)
+    if problem is not None:
+        raise CorruptFileError(problem)
     return offsets
 
 
