@@ -34,6 +34,7 @@ from ocrl.agents.ground_truth import GroundTruthObservation
 from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
 from ocrl.errors import OcrlError
 from ocrl.perception.config import dataclass_from_dict
+from ocrl.perception.frames import prepare_frames
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "dqn": DQN}
@@ -324,8 +325,7 @@ def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.
         if config.observation == "slots":
             frame = observation["observation"]
             resolution = observation["masks"].shape[-1]
-            small = torch.nn.functional.interpolate(torch.as_tensor(frame).movedim(-1, 0)[None].float(), size=(resolution, resolution), mode="bilinear", antialias=True)[0]
-            small = small.movedim(0, -1).clamp(0, 255).byte().numpy()
+            small = (prepare_frames(frame[None], resolution, "cpu", resize=True)[0].movedim(0, -1) * 255).round().byte().numpy()
             overlay = (0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]).astype(np.uint8)
             pictures.append(grid([[small, overlay]], scale=scale))
             acted = {key: observation[key][None] for key in config.keys}

@@ -157,11 +157,10 @@ def add_eval_perception(subparsers) -> None:
 
 
 def _load_model(name_or_path: str, device: str | None):
-    import torch
-
     import ocrl
+    from ocrl.device import default_device
 
-    return ocrl.load_perception(name_or_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return ocrl.load_perception(name_or_path, device=device or default_device())
 
 
 def run_eval_perception(args: argparse.Namespace) -> int:
@@ -200,7 +199,8 @@ def add_viz(subparsers) -> None:
 
 def run_viz(args: argparse.Namespace) -> int:
     from ocrl.data.store import RolloutStore
-    from ocrl.evaluation import encode_video, resize_frames
+    from ocrl.evaluation import encode_video
+    from ocrl.perception.frames import prepare_frames
     from ocrl.viz import save_perception_pictures
 
     store = RolloutStore.open(args.data)
@@ -217,7 +217,7 @@ def run_viz(args: argparse.Namespace) -> int:
         return 0
     frames = store.episode(args.episode).frames(0, args.frames)
     encoded = encode_video(model, frames[None])
-    shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    shown = (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     png, gif = save_perception_pictures(shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), args.out)
     print(f"wrote {png} and {gif}")
     return 0

@@ -24,15 +24,8 @@ from ocrl import metrics
 from ocrl.data.dataset import episode_conditions
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
+from ocrl.perception.frames import prepare_frames
 from ocrl.perception.initializers import ConditionalQueries
-
-
-def resize_frames(frames: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 frames (B, H, W, 3) to float (B, 3, R, R) in [0, 1] (antialiased bilinear)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)
-    if tensor.shape[-2:] == (resolution, resolution):
-        return tensor
-    return F.interpolate(tensor, size=(resolution, resolution), mode="bilinear", antialias=True).clamp_(0, 1)
 
 
 @torch.no_grad()
@@ -47,7 +40,7 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
     state = model.init_state(batch)
     masks, reconstructions, slots = [], [], []
     for t in range(length):
-        inputs = resize_frames(frames[:, t], model.resolution)
+        inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
         _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         decoded = model.decode(state.slots)  # once, for both masks and reconstruction
         masks.append(decoded.masks.float().cpu())

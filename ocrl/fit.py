@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, save_checkpoint
+from ocrl.device import default_device
 from ocrl.errors import OcrlError
 
 
@@ -40,11 +41,6 @@ class OptimisationConfig(Protocol):
     weight_decay: float
     gradient_clip: float
     checkpoint_every: int
-
-
-def default_device() -> torch.device:
-    """The first GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def learning_rate_factor(step: int, config: OptimisationConfig) -> float:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from ocrl.data.dataset import ClipDataset
@@ -22,6 +21,7 @@ from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.fit import fit, resume_or_build, start_process
 from ocrl.perception import build_perception, perception_config
+from ocrl.perception.frames import prepare_frames, resize_images
 
 
 @dataclass
@@ -55,23 +55,12 @@ PRESETS: dict[str, tuple[str, TrainingConfig]] = {
 PRESET_MODELS: dict[str, dict[str, int]] = {"movi-c": {"num_slots": 11, "resolution": 128}, "movi-e": {"num_slots": 24, "resolution": 128}}
 
 
-def _resize(batch: torch.Tensor, resolution: int, mode: str) -> torch.Tensor:
-    """(B, T, C, H, W) to (B, T, C, resolution, resolution)."""
-    if batch.shape[-2:] == (resolution, resolution):
-        return batch
-    b, t = batch.shape[:2]
-    flat = batch.flatten(0, 1).float()
-    resized = F.interpolate(flat, size=(resolution, resolution), mode=mode, **({"antialias": True} if mode == "bilinear" else {}))
-    return resized.unflatten(0, (b, t))
-
-
 def prepare_clip(batch: dict[str, torch.Tensor], resolution: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Clip batch from ClipDataset to (frames float (B, T, 3, R, R) in [0, 1], depth (B, T, R, R) or None)."""
-    frames = batch["frames"].to(device, non_blocking=True).permute(0, 1, 4, 2, 3).float().div_(255)
-    frames = _resize(frames, resolution, "bilinear").clamp_(0, 1)
+    frames = prepare_frames(batch["frames"], resolution, device, leading_dims=2, resize=True)
     depth = batch.get("depth")
     if depth is not None:
-        depth = _resize(depth.to(device, non_blocking=True)[:, :, None], resolution, "nearest")[:, :, 0]
+        depth = resize_images(depth.to(device, non_blocking=True)[:, :, None], resolution, "nearest")[:, :, 0]
     return frames, depth
 
 

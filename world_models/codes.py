@@ -1,7 +1,7 @@
 """Slot codes of rollouts, encoded once with a frozen perception model and cached on disk.
 
 World models train on the codes an agent would see: each episode of a rollout store is encoded
-frame by frame as the wrappers do (:class:`~ocrl.wrappers.SlotEncoder`, first-frame treatment
+frame by frame as the wrappers do (:class:`~ocrl.perception.encoder.SlotEncoder`, first-frame treatment
 on the reset frame). The cache is a directory per perception model::
 
     CACHE/info.json                 perception reference and fingerprint, source store
@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ocrl.data.store import RolloutStore, _save_npz, episode_file_name, write_atomically
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.slots import SlotCodes
-from ocrl.wrappers import SlotEncoder
+from ocrl.perception.encoder import SlotEncoder
 
 CODE_KEYS = ("slots", "position", "presence")
 STEP_KEYS = ("actions", "rewards", "terminated", "truncated")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
+from ocrl.device import default_device
 from ocrl.slots import SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
 
@@ -252,7 +253,7 @@ def load_world_model(path, device=None) -> SlotWorldModel:
     from ocrl.errors import OcrlError
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     model, _ = load_checkpoint(path, device=device)
     if not isinstance(model, SlotWorldModel):
         raise OcrlError(f"{path} is a checkpoint of a {type(model).__name__}, not a world model")

@@ -125,7 +125,7 @@ def train_world_model(
         cache: where the codes are cached (default ``DATA/codes/<perception fingerprint>``).
     """
     import ocrl
-    from ocrl.wrappers import resolve_model
+    from ocrl.perception.encoder import resolve_model
 
     training = training or WorldModelTrainingConfig()
     history = (model_config or {}).get("history", WorldModelConfig.history)
