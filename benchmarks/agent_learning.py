@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ocrl.agents import AgentConfig, train_agent
-from ocrl.data.store import write_atomically
+from ocrl.files import write_atomically
 
 
 def main() -> None:

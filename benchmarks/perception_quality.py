@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import ocrl
-from ocrl.data.store import write_atomically
+from ocrl.files import write_atomically
 from ocrl.evaluation import evaluate_perception
 from ocrl.training import pretrain
 

@@ -24,9 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import uuid
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +34,8 @@ import torch
 from torch import nn
 
 from ocrl.errors import OcrlError
+from ocrl.files import fsync_directory, temporary_directory
+from ocrl.version import library_version
 
 FORMAT = "ocrl-checkpoint"
 FORMAT_VERSION = 1
@@ -75,13 +75,6 @@ def _register_builtin_kinds() -> None:
 
 
 _register_builtin_kinds()
-
-
-def library_version() -> str:
-    try:
-        return metadata.version("ocrl")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _kind_of(config: Any) -> ModelKind:
@@ -163,19 +156,6 @@ def _write_json(path: Path, data: Any) -> None:
     _write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def _fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def save_checkpoint(
     model: nn.Module,
     config: Any,
@@ -222,7 +202,7 @@ def save_checkpoint(
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"cannot save a checkpoint to {directory}: the config is not JSON-able: {error}") from error
 
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    temporary = temporary_directory(directory.parent, prefix=f".{directory.name}.tmp-")
     try:
         # cloned: modules shared under several names (SB3's features extractors) share storage,
         # which safetensors refuses; each name gets its own copy and loads back the same
@@ -237,7 +217,7 @@ def save_checkpoint(
             _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
-        _fsync_directory(temporary)
+        fsync_directory(temporary)
         if directory.exists():
             # Two renames: between them the previous checkpoint lives on under the backup name.
             backup = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
@@ -246,7 +226,7 @@ def save_checkpoint(
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(temporary, directory)
-        _fsync_directory(directory.parent)
+        fsync_directory(directory.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -173,7 +173,7 @@ def run_eval_perception(args: argparse.Namespace) -> int:
 
 def _print_json(result: dict, out: Path | None) -> None:
     """Print ``result`` as JSON and, when ``out`` is given, also write it there atomically."""
-    from ocrl.data.store import write_atomically
+    from ocrl.files import write_atomically
 
     text = json.dumps(result, indent=2)
     if out:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -207,3 +209,18 @@ def test_corrupt_weights(saved, corrupt):
     path.write_bytes(corrupt(path.read_bytes()))
     with pytest.raises(CheckpointError, match="is corrupt or not a safetensors file"):
         load_checkpoint(saved)
+
+
+def test_checkpoints_and_pictures_get_ordinary_modes_under_the_umask(tmp_path):
+    from ocrl.viz import save_png
+
+    previous = os.umask(0o022)
+    try:
+        config = tiny_config()
+        directory = save_checkpoint(build_perception(config), config, tmp_path / "checkpoint")
+        picture = save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "picture.png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()} == {0o644}
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o644

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ocrl.data.store import RolloutStore, _save_npz, episode_file_name, write_atomically
+from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
+from ocrl.files import write_atomically
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.slots import SlotCodes
 from ocrl.perception.encoder import SlotEncoder
