@@ -26,6 +26,7 @@ from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.initializers import ConditionalQueries
+from ocrl.scan import scan
 
 
 @torch.no_grad()
@@ -37,16 +38,16 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
     (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``.
     """
     batch, length = frames.shape[:2]
-    state = model.init_state(batch)
-    masks, reconstructions, slots = [], [], []
-    for t in range(length):
+
+    def step(state, t: int):
         inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
         _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         decoded = model.decode(state.slots)  # once, for both masks and reconstruction
-        masks.append(decoded.masks.float().cpu())
-        reconstructions.append(decoded.reconstruction.float().clamp(0, 1).cpu())
-        slots.append(state.slots.float().cpu())
-    return {"masks": torch.stack(masks, 1), "reconstructions": torch.stack(reconstructions, 1), "slots": torch.stack(slots, 1)}
+        output = {"masks": decoded.masks.float().cpu(), "reconstructions": decoded.reconstruction.float().clamp(0, 1).cpu(), "slots": state.slots.float().cpu()}
+        return output, state
+
+    outputs, _ = scan(step, model.init_state(batch), range(length))
+    return outputs
 
 
 def evaluate_perception(

@@ -27,13 +27,15 @@ Models that do not predict positions natively derive them with :func:`codes_from
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 POSITION_FIELDS = ("x", "y", "size", "depth")
 SLOT_CODE_KEYS = ("slots", "position", "presence", "masks", "depth_map")
+# the codes every model gives (masks and depth maps need decoding): what agents and world models see
+CODE_KEYS = SLOT_CODE_KEYS[:3]
 # Depth reported when nothing is known about it: the middle of the relative range.
 UNKNOWN_DEPTH = 0.5
 # Area (as a fraction of the image) that a slot must win for presence 1 - 1/e; 0.001 is about
@@ -76,6 +78,22 @@ class SlotCodes:
 
     def _map(self, function) -> "SlotCodes":
         return SlotCodes(**{field.name: None if (value := getattr(self, field.name)) is None else function(value) for field in fields(self)})
+
+    @classmethod
+    def stack(cls, codes: Sequence["SlotCodes"], dim: int = 1) -> "SlotCodes":
+        """Codes of single steps, e.g. (B, ...) each, stacked into (B, T, ...) along batch dim ``dim``."""
+        return cls._join(torch.stack, codes, dim)
+
+    @classmethod
+    def cat(cls, codes: Sequence["SlotCodes"], dim: int = 1) -> "SlotCodes":
+        """Codes concatenated along batch dim ``dim``, e.g. (B, T1, ...) and (B, T2, ...) to (B, T1 + T2, ...)."""
+        return cls._join(torch.cat, codes, dim)
+
+    @classmethod
+    def _join(cls, join, codes: Sequence["SlotCodes"], dim: int) -> "SlotCodes":
+        # optional fields only when every part has them
+        names = [field.name for field in fields(cls) if all(getattr(part, field.name) is not None for part in codes)]
+        return cls(**{name: join([getattr(part, name) for part in codes], dim) for name in names})
 
     def detach(self) -> "SlotCodes":
         return self._map(torch.Tensor.detach)

@@ -29,12 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
-from ocrl.files import write_atomically
 from ocrl.errors import CorruptFileError, OcrlError
-from ocrl.slots import SlotCodes
+from ocrl.files import write_atomically
 from ocrl.perception.encoder import SlotEncoder
+from ocrl.slots import CODE_KEYS, SlotCodes
 
-CODE_KEYS = ("slots", "position", "presence")
 STEP_KEYS = ("actions", "rewards", "terminated", "truncated")
 INFO_FILE = "info.json"
 

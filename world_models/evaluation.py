@@ -33,7 +33,7 @@ from ocrl import metrics
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.perception.frames import prepare_frames
-from ocrl.slots import SlotCodes
+from ocrl.slots import CODE_KEYS, SlotCodes
 from ocrl.world_models.codes import CodeCache, encode_store
 from ocrl.world_models.imagination import ImaginedEpisodes, check_pairing
 from ocrl.world_models.model import SlotWorldModel, position_error, slot_error
@@ -53,11 +53,7 @@ def open_loop(model: SlotWorldModel, codes: SlotCodes, actions: torch.Tensor, co
             episodes.observe(codes[:, step + 1])
         else:
             predicted.append(output.codes)
-    return _stack(predicted)
-
-
-def _stack(steps: list[SlotCodes]) -> SlotCodes:
-    return SlotCodes(**{key: torch.stack([getattr(step, key) for step in steps], 1) for key in ("slots", "position", "presence")})
+    return SlotCodes.stack(predicted)
 
 
 def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -106,7 +102,7 @@ def evaluate_world_model(
         truth = window.codes.to(device)
         predicted = open_loop(model, truth, window.actions.to(device), context, horizon)
         target = truth[:, context:]
-        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in ("slots", "position", "presence")))
+        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in CODE_KEYS))
         scores = {
             "slot_mse": slot_error(predicted, target, slot_std),
             "slot_mse_copy_last": slot_error(copied, target, slot_std),

@@ -26,10 +26,9 @@ import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from ocrl.device import default_device
-from ocrl.slots import SlotCodes, observation_space
+from ocrl.slots import CODE_KEYS, SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
 
-CODE_KEYS = ("slots", "position", "presence")
 
 
 def check_pairing(world_model: SlotWorldModel, perception: torch.nn.Module) -> None:

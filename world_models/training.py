@@ -84,7 +84,8 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
         predicted = [output.codes[:, context - 1]]  # step `context`, one step ahead
         errors = []
         for step in range(context + 1, steps + 1):
-            prediction = forward(_cat_time(window.codes[:, :context], predicted), window.actions[:, :step]).codes[:, -1]
+            # true codes (B, context) followed by the predicted steps so far
+            prediction = forward(SlotCodes.cat([window.codes[:, :context], SlotCodes.stack(predicted)]), window.actions[:, :step]).codes[:, -1]
             target = window.codes[:, step]
             error = slot_error(prediction, target, model.slot_std) + training.position_weight * position_error(prediction, target)
             errors.append(mean(error, valid[:, step - 1]))
@@ -94,14 +95,6 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
     return loss, terms
 
 
-def _with_time(codes: SlotCodes) -> SlotCodes:
-    return codes._map(lambda tensor: tensor[:, None])
-
-
-def _cat_time(history: SlotCodes, predicted: list[SlotCodes]) -> SlotCodes:
-    """True codes (B, c) followed by predicted codes of single steps (B,) -> (B, c + n)."""
-    parts = [history, *[_with_time(codes) for codes in predicted]]
-    return SlotCodes(**{key: torch.cat([getattr(part, key) for part in parts], 1) for key in ("slots", "position", "presence")})
 
 
 def train_world_model(

@@ -16,9 +16,9 @@ from gymnasium import spaces
 from ocrl.device import default_device
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.model import PerceptionState
-from ocrl.slots import SLOT_CODE_KEYS, observation_space
+from ocrl.slots import CODE_KEYS, SLOT_CODE_KEYS, observation_space
 
-DEFAULT_KEYS = ("slots", "position", "presence")
+DEFAULT_KEYS = CODE_KEYS
 # Frames are resized to the model's resolution; beyond this factor a frame is too small to hold
 # what the model was trained to see, and the codes would be made up.
 MAX_UPSCALE = 4.0
