@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
@@ -15,6 +17,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import ocrl
 from ocrl.cli import main
 from ocrl.data.collect import collect
+from ocrl.checkpoint import CheckpointError
 from ocrl.errors import OcrlError
 from ocrl.slots import SlotCodes
 from ocrl.wrappers import SlotEncoder
@@ -316,3 +319,19 @@ def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tm
     torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True)
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
+
+
+def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, tiny_perception):
+    assert isinstance(ocrl.load(world_model), SlotWorldModel) and not isinstance(ocrl.load(tiny_perception), SlotWorldModel)
+    with pytest.raises(CheckpointError, match="slot_world_model checkpoint, not a perception model"):
+        ocrl.load_perception(world_model)
+    # a fresh process: core ocrl imports neither world models nor agents, and the kind table
+    # still knows a world model when it meets one
+    script = (
+        "import sys, ocrl, ocrl.checkpoint, ocrl.wrappers\n"
+        "assert not [name for name in sys.modules if name.startswith(('ocrl.agents', 'ocrl.world_models'))]\n"
+        "try:\n    ocrl.load_perception(sys.argv[1])\nexcept ocrl.checkpoint.CheckpointError as error:\n    print(error)\n"
+        "print(type(ocrl.load(sys.argv[1])).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(world_model)], capture_output=True, text=True, check=True)
+    assert "not a perception model" in result.stdout and result.stdout.strip().endswith("SlotWorldModel")

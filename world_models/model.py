@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from ocrl.checkpoint import register_model_kind
 from ocrl.errors import OcrlError
 from ocrl.perception.config import dataclass_from_dict
 from ocrl.slots import SlotCodes
@@ -279,8 +278,6 @@ class SlotWorldModel(nn.Module):
 def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
     return SlotWorldModel(config)
 
-
-register_model_kind("slot_world_model", WorldModelConfig, build_world_model)
 
 
 def slot_error(predicted: SlotCodes, target: SlotCodes, slot_std: torch.Tensor) -> torch.Tensor:
