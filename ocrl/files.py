@@ -11,8 +11,8 @@ import io
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 TEMP_SUFFIX = ".tmp"
 

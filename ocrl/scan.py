@@ -7,7 +7,8 @@ all steps are stacked along the time dim by :func:`stack_over_time`, whatever th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 

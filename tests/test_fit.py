@@ -28,7 +28,7 @@ class LineConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LineConfig":
+    def from_dict(cls, data: dict) -> LineConfig:
         return cls(**data)
 
 

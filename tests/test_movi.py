@@ -15,11 +15,26 @@ import pytest
 
 from ocrl.cli import main
 from ocrl.data.dataset import ClipDataset, box_conditions
-from ocrl.data.movi import LABEL_NAMES, decode_movi_example, encode_movi_example, movi_variant, read_movi, write_movi_shard
+from ocrl.data.movi import (
+    LABEL_NAMES,
+    decode_movi_example,
+    encode_movi_example,
+    movi_variant,
+    read_movi,
+    write_movi_shard,
+)
 from ocrl.data.movi_convert import convert_movi
 from ocrl.data.png import decode_png, encode_png
 from ocrl.data.store import RolloutStore
-from ocrl.data.tfrecord import _raw_crc_small, crc32c, masked_crc32c, parse_example, read_records, record_offsets, serialize_example
+from ocrl.data.tfrecord import (
+    _raw_crc_small,
+    crc32c,
+    masked_crc32c,
+    parse_example,
+    read_records,
+    record_offsets,
+    serialize_example,
+)
 from ocrl.errors import CorruptFileError, OcrlError
 
 FRAMES, SIZE, INSTANCES = 3, 8, 3

@@ -8,19 +8,18 @@ import os
 import subprocess
 import sys
 
-from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl
+from ocrl.checkpoint import CheckpointError
 from ocrl.cli import main
 from ocrl.data.collect import collect
-from ocrl.checkpoint import CheckpointError
 from ocrl.errors import OcrlError
 from ocrl.slots import SlotCodes
-from ocrl.wrappers import SlotEncoder
 from ocrl.world_models import (
     CodeCache,
     ImaginationEnv,
@@ -34,6 +33,7 @@ from ocrl.world_models import (
     train_world_model,
 )
 from ocrl.world_models.evaluation import open_loop
+from ocrl.wrappers import SlotEncoder
 
 ENV_KWARGS = {"resolution": 32}
 

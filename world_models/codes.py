@@ -125,7 +125,7 @@ class Window:
     continues: torch.Tensor  # (B, L) float, 0 where the episode terminated
     valid: torch.Tensor  # (B, L) float
 
-    def to(self, device: torch.device | str) -> "Window":
+    def to(self, device: torch.device | str) -> Window:
         return Window(self.codes.to(device), self.actions.to(device), self.rewards.to(device), self.continues.to(device), self.valid.to(device))
 
 

@@ -22,7 +22,8 @@ predicted reward, snapped to the nearest reward value seen in the data, equals t
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -30,7 +30,6 @@ from ocrl.slots import CODE_KEYS, SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
 
 
-
 def check_pairing(world_model: SlotWorldModel, perception: torch.nn.Module) -> None:
     """Raise ValueError unless ``perception`` makes codes of the world model's slot shape."""
     config = world_model.config

@@ -81,7 +81,7 @@ class WorldModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "WorldModelConfig":
+    def from_dict(cls, data: Any) -> WorldModelConfig:
         return dataclass_from_dict(cls, data, "world model config")
 
 

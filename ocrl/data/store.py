@@ -38,10 +38,11 @@ import tokenize
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class EpisodeRecord:
         return {"index": self.index, "file": self.file, "seed": self.seed, "length": self.length, "return": self.episode_return}
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> "EpisodeRecord":
+    def from_json(cls, entry: dict[str, Any]) -> EpisodeRecord:
         return cls(int(entry["index"]), str(entry["file"]), int(entry["seed"]), int(entry["length"]), float(entry["return"]))
 
 
@@ -488,7 +489,7 @@ class RolloutStore:
         self._files = _OpenFiles()
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RolloutStore":
+    def open(cls, path: str | os.PathLike) -> RolloutStore:
         path = Path(path)
         header, records = read_manifest(path)
         episodes, _ = reconcile(path, records)

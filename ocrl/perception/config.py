@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 FAMILIES = ("slot_attention", "tf_inv", "smoothsa")
 SIZES = ("quick", "small", "base")
@@ -169,7 +170,7 @@ class PerceptionConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PerceptionConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> PerceptionConfig:
         """Inverse of :meth:`to_dict`; unknown keys or wrong types raise ValueError, missing keys
         take their defaults (so older config files keep loading)."""
         return dataclass_from_dict(cls, data, "config")

@@ -7,7 +7,8 @@ and agents use to turn env frames into slot codes step by step: frames go throug
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
