@@ -425,7 +425,7 @@ def add_movi(subparsers) -> None:
 
 
 def run_movi_convert(args: argparse.Namespace) -> int:
-    from ocrl.data.movi_convert import convert_movi
+    from ocrl.movi.convert import convert_movi
 
     store = convert_movi(args.source, args.out, resolution=args.resolution, workers=args.workers, max_videos=args.max_videos)
     print(f"{args.out}: {len(store)} videos of {store.frame_shape[0]}x{store.frame_shape[1]} ({store.env_id})")
@@ -433,7 +433,7 @@ def run_movi_convert(args: argparse.Namespace) -> int:
 
 
 def run_movi_generate(args: argparse.Namespace) -> int:
-    from ocrl.data.movi_generator import GeneratorConfig, generate_movi
+    from ocrl.movi.generator import GeneratorConfig, generate_movi
 
     config = GeneratorConfig(resolution=args.resolution, num_frames=args.frames, min_objects=args.min_objects, max_objects=args.max_objects, moving_camera=args.moving_camera)
     shards = generate_movi(args.out, args.videos, config, seed=args.seed, videos_per_shard=args.videos_per_shard, split=args.split, workers=args.workers)
