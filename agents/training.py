@@ -14,9 +14,10 @@ import csv
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -34,9 +35,18 @@ from tqdm.auto import tqdm
 import ocrl.envs
 from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GroundTruthObservation
-from ocrl.checkpoint import CONFIG_FILE, CURVE_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, register_model_kind, save_checkpoint
+from ocrl.checkpoint import (
+    CONFIG_FILE,
+    CURVE_FILE,
+    load_checkpoint,
+    load_trainer_state,
+    read_checkpoint_config,
+    register_model_kind,
+    save_checkpoint,
+)
 from ocrl.errors import OcrlError
 from ocrl.perception.config import dataclass_from_dict
+from ocrl.perception.frames import prepare_frames
 from ocrl.preflight import preflight
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
@@ -92,7 +102,7 @@ class AgentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "AgentConfig":
+    def from_dict(cls, data: Any) -> AgentConfig:
         return dataclass_from_dict(cls, data, "agent config")
 
 
@@ -372,8 +382,7 @@ def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.
         if config.observation == "slots":
             frame = observation["observation"]
             resolution = observation["masks"].shape[-1]
-            small = torch.nn.functional.interpolate(torch.as_tensor(frame).movedim(-1, 0)[None].float(), size=(resolution, resolution), mode="bilinear", antialias=True)[0]
-            small = small.movedim(0, -1).clamp(0, 255).byte().numpy()
+            small = (prepare_frames(frame[None], resolution, "cpu", resize=True)[0].movedim(0, -1) * 255).round().byte().numpy()
             overlay = (0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]).astype(np.uint8)
             pictures.append(grid([[small, overlay]], scale=scale))
             acted = {key: observation[key][None] for key in config.keys}

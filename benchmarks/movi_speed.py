@@ -9,8 +9,8 @@
    carry: 16-bit normal / object-coordinate PNGs, filled with smooth fields so that PNG
    compression sees image-like data. These "full-schema"
    shards are what a reader of the real data decodes.
-3. CRC32C throughput; :func:`ocrl.data.movi.read_movi` videos/s on both (default fields: all but
-   normals and object coordinates; only the fields the converter reads; and every field); :func:`ocrl.data.movi_convert.convert_movi` videos/s with
+3. CRC32C throughput; :func:`ocrl.movi.schema.read_movi` videos/s on both (default fields: all but
+   normals and object coordinates; only the fields the converter reads; and every field); :func:`ocrl.movi.convert.convert_movi` videos/s with
    1 and 2 worker processes.
 
 Prints one JSON object (and writes it to ``WORK/movi_speed.json``).
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ocrl.data.movi import read_movi, write_movi_shard
-from ocrl.data.movi_convert import convert_movi
-from ocrl.data.movi_generator import GeneratorConfig, generate_movi
-from ocrl.data.tfrecord import crc32c
+from ocrl.movi.convert import convert_movi
+from ocrl.movi.generator import GeneratorConfig, generate_movi
+from ocrl.movi.schema import read_movi, write_movi_shard
+from ocrl.movi.tfrecord import crc32c
 
 CONVERTER_FIELDS = ("video", "segmentations", "depth", "instances", "camera")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import ocrl
-from ocrl.data.store import write_atomically
 from ocrl.evaluation import evaluate_perception
+from ocrl.files import write_atomically
 from ocrl.training import pretrain
 
 

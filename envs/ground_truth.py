@@ -30,7 +30,7 @@ Gymnasium 1.x vector envs cannot stack object arrays whose N differs between sub
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -13,7 +13,8 @@ pick colours and shapes never used by the defaults, and ``num_objects`` sets the
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -22,7 +22,8 @@ import numpy as np
 import ocrl
 from ocrl.agents import AgentConfig, train_agent
 from ocrl.data.collect import collect
-from ocrl.evaluation import encode_video, evaluate_perception, resize_frames
+from ocrl.evaluation import encode_video, evaluate_perception
+from ocrl.perception.frames import prepare_frames
 from ocrl.training import pretrain
 from ocrl.viz import frame_strip, save_perception_pictures, save_png
 
@@ -52,7 +53,7 @@ def main() -> None:
     print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in scores.items()}))
     frames = held_out.episode(0).frames(0, 12)
     encoded = encode_video(model, frames[None])
-    shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    shown = (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     png, gif = save_perception_pictures(shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), out / "perception")
     print(f"what it sees: {png} and {gif}")
 

@@ -34,7 +34,7 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
     path is not a checkpoint, its config does not match its weights, or a name is neither a
     path nor shipped (the message lists the shipped names).
     """
-    from ocrl.checkpoint import CheckpointError, load_checkpoint
+    from ocrl.checkpoint import CheckpointError, read_checkpoint_config
 
     path = Path(name_or_path)
     if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
@@ -42,5 +42,16 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
     elif not path.exists():
         known = ", ".join(shipped_models()) or "none"
         raise CheckpointError(f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})")
+    _, header = read_checkpoint_config(path)
+    if header["model_kind"] != "video_slot_model":
+        raise CheckpointError(f"{path} holds a {header['model_kind']} checkpoint, not a perception model (ocrl.load loads any kind)")
+    return load(path, device=device)
+
+
+def load(path: str | os.PathLike, device=None):
+    """The model of any ocrl checkpoint directory, in eval mode, built as its config.json's
+    ``model_kind`` says (see :data:`ocrl.checkpoint.MODEL_KINDS`)."""
+    from ocrl.checkpoint import load_checkpoint
+
     model, _ = load_checkpoint(path, device=device)
     return model

@@ -16,21 +16,21 @@ place, so an interrupted save leaves the previous checkpoint (or nothing) rather
 :func:`load_checkpoint` rebuilds the model from its config and loads the weights, raising
 :class:`CheckpointError` (a ValueError) that names the path when anything does not fit.
 
-Model kinds other than the video slot model register themselves with :func:`register_model_kind`.
+Which config class and builder each ``model_kind`` stands for is the table :data:`MODEL_KINDS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from ocrl.errors import OcrlError
+from ocrl.files import fsync_directory, temporary_directory
+from ocrl.version import library_version
 
 FORMAT = "ocrl-checkpoint"
 FORMAT_VERSION = 1
@@ -56,42 +58,57 @@ class CheckpointError(OcrlError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelKind:
-    """How to rebuild one kind of model: its config class (with ``to_dict``/``from_dict``) and builder."""
+    """How to rebuild one kind of model: where its config class (with ``to_dict``/``from_dict``)
+    and its builder live, as ``"module:name"``; imported when a checkpoint of the kind is met."""
 
     name: str
-    config_class: type
-    build: Callable[[Any], nn.Module]
+    config: str
+    builder: str
+
+    @property
+    def config_class(self) -> type:
+        return _import(self.config)
+
+    @property
+    def build(self) -> Callable[[Any], nn.Module]:
+        return _import(self.builder)
+
+    def holds(self, config: Any) -> bool:
+        """Whether ``config`` is of this kind (decided without importing the kind's module)."""
+        return f"{type(config).__module__}:{type(config).__qualname__}" == self.config
 
 
-_MODEL_KINDS: dict[str, ModelKind] = {}
+# The checkpoint kinds of ocrl: the kind a config.json names picks its row. The modules are our
+# own, imported lazily (so that core ocrl does not import agents or world models, and loading
+# never depends on what happened to be imported before); nothing a file says is ever imported.
+MODEL_KINDS: dict[str, ModelKind] = {
+    kind.name: kind
+    for kind in (
+        ModelKind("video_slot_model", "ocrl.perception.config:PerceptionConfig", "ocrl.perception.build:build_perception"),
+        ModelKind("slot_world_model", "ocrl.world_models.model:WorldModelConfig", "ocrl.world_models.model:build_world_model"),
+        ModelKind("sb3_agent", "ocrl.agents.training:AgentConfig", "ocrl.agents.training:build_policy"),
+    )
+}
 
 
 def register_model_kind(name: str, config_class: type, build: Callable[[Any], nn.Module]) -> None:
-    """Make checkpoints of models built by ``build(config)`` from ``config_class`` loadable."""
-    _MODEL_KINDS[name] = ModelKind(name, config_class, build)
+    """Make checkpoints of a model kind outside ocrl loadable (ocrl's own are in :data:`MODEL_KINDS`)."""
+    kind = ModelKind(name, f"{config_class.__module__}:{config_class.__qualname__}", f"{build.__module__}:{build.__qualname__}")
+    if MODEL_KINDS.get(name, kind) != kind:
+        raise ValueError(f"model kind {name!r} is already taken by {MODEL_KINDS[name].config}")
+    MODEL_KINDS[name] = kind
 
 
-def _register_builtin_kinds() -> None:
-    from ocrl.perception import PerceptionConfig, build_perception
-
-    register_model_kind("video_slot_model", PerceptionConfig, build_perception)
-
-
-_register_builtin_kinds()
-
-
-def library_version() -> str:
-    try:
-        return metadata.version("ocrl")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+def _import(reference: str) -> Any:
+    module, name = reference.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _kind_of(config: Any) -> ModelKind:
-    for kind in _MODEL_KINDS.values():
-        if type(config) is kind.config_class:
+    for kind in MODEL_KINDS.values():
+        if kind.holds(config):
             return kind
-    raise CheckpointError(f"no model kind is registered for config type {type(config).__name__}; see register_model_kind")
+    raise CheckpointError(f"no model kind is registered for config type {type(config).__name__}; see MODEL_KINDS")
 
 
 def _as_json_dict(value: Any) -> Any:
@@ -166,19 +183,6 @@ def _write_json(path: Path, data: Any) -> None:
     _write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
-def _fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def foreign_files(directory: Path) -> list[str]:
     """Names of the entries of ``directory`` that are not part of a checkpoint, sorted."""
     return sorted(entry.name for entry in Path(directory).iterdir() if entry.name not in CHECKPOINT_FILES)
@@ -232,7 +236,7 @@ def save_checkpoint(
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"cannot save a checkpoint to {directory}: the config is not JSON-able: {error}") from error
 
-    temporary = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    temporary = temporary_directory(directory.parent, prefix=f".{directory.name}.tmp-")
     try:
         # cloned: modules shared under several names (SB3's features extractors) share storage,
         # which safetensors refuses; each name gets its own copy and loads back the same
@@ -255,7 +259,7 @@ def save_checkpoint(
         config_text = json.dumps({**header, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}, indent=2) + "\n"
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
-        _fsync_directory(temporary)
+        fsync_directory(temporary)
         if directory.exists():
             # Two renames: between them the previous checkpoint lives on under the backup name.
             backup = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
@@ -264,7 +268,7 @@ def save_checkpoint(
             shutil.rmtree(backup, ignore_errors=True)
         else:
             os.replace(temporary, directory)
-        _fsync_directory(directory.parent)
+        fsync_directory(directory.parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -301,9 +305,9 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[Any, dict[str,
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {version!r}; this ocrl ({library_version()}) reads up to {FORMAT_VERSION}")
-    kind = _MODEL_KINDS.get(header.get("model_kind"))
+    kind = MODEL_KINDS.get(header.get("model_kind"))
     if kind is None:
-        raise CheckpointError(f"{path}: unknown model_kind {header.get('model_kind')!r}; known: {', '.join(sorted(_MODEL_KINDS))}")
+        raise CheckpointError(f"{path}: unknown model_kind {header.get('model_kind')!r}; known: {', '.join(sorted(MODEL_KINDS))}")
     try:
         config = kind.config_class.from_dict(header.get("model"))
     except (ValueError, TypeError) as error:

@@ -13,8 +13,8 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ocrl.errors import CollectionInterrupted, OcrlError
 
@@ -178,11 +178,10 @@ def add_eval_perception(subparsers) -> None:
 
 
 def _load_model(name_or_path: str, device: str | None):
-    import torch
-
     import ocrl
+    from ocrl.device import default_device
 
-    return ocrl.load_perception(name_or_path, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return ocrl.load_perception(name_or_path, device=device or default_device())
 
 
 def run_eval_perception(args: argparse.Namespace) -> int:
@@ -197,7 +196,7 @@ def run_eval_perception(args: argparse.Namespace) -> int:
 
 def _print_json(result: dict, out: Path | None) -> None:
     """Print ``result`` as JSON and, when ``out`` is given, also write it there atomically."""
-    from ocrl.data.store import write_atomically
+    from ocrl.files import write_atomically
 
     text = json.dumps(result, indent=2)
     if out:
@@ -222,7 +221,8 @@ def add_viz(subparsers) -> None:
 
 
 def run_viz(args: argparse.Namespace) -> int:
-    from ocrl.evaluation import encode_video, resize_frames
+    from ocrl.evaluation import encode_video
+    from ocrl.perception.frames import prepare_frames
     from ocrl.preflight import preflight
     from ocrl.viz import save_perception_pictures
 
@@ -243,7 +243,7 @@ def run_viz(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.device)
     frames = store.episode(args.episode).frames(0, args.frames)
     encoded = encode_video(model, frames[None])
-    shown = (resize_frames(frames, model.resolution).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    shown = (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     png, gif = save_perception_pictures(shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), args.out)
     print(f"wrote {png} and {gif}")
     return 0
@@ -469,7 +469,7 @@ def add_movi(subparsers) -> None:
 
 
 def run_movi_convert(args: argparse.Namespace) -> int:
-    from ocrl.data.movi_convert import convert_movi
+    from ocrl.movi.convert import convert_movi
 
     store = convert_movi(args.source, args.out, resolution=args.resolution, workers=args.workers, max_videos=args.max_videos)
     print(f"{args.out}: {len(store)} videos of {store.frame_shape[0]}x{store.frame_shape[1]} ({store.env_id})")
@@ -477,7 +477,7 @@ def run_movi_convert(args: argparse.Namespace) -> int:
 
 
 def run_movi_generate(args: argparse.Namespace) -> int:
-    from ocrl.data.movi_generator import GeneratorConfig, generate_movi
+    from ocrl.movi.generator import GeneratorConfig, generate_movi
 
     config = GeneratorConfig(resolution=args.resolution, num_frames=args.frames, min_objects=args.min_objects, max_objects=args.max_objects, moving_camera=args.moving_camera)
     shards = generate_movi(args.out, args.videos, config, seed=args.seed, videos_per_shard=args.videos_per_shard, split=args.split, workers=args.workers)

@@ -24,15 +24,9 @@ from ocrl import metrics
 from ocrl.data.dataset import episode_conditions
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
+from ocrl.perception.frames import prepare_frames
 from ocrl.perception.initializers import ConditionalQueries
-
-
-def resize_frames(frames: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 frames (B, H, W, 3) to float (B, 3, R, R) in [0, 1] (antialiased bilinear)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255)
-    if tensor.shape[-2:] == (resolution, resolution):
-        return tensor
-    return F.interpolate(tensor, size=(resolution, resolution), mode="bilinear", antialias=True).clamp_(0, 1)
+from ocrl.scan import scan
 
 
 @torch.no_grad()
@@ -44,16 +38,16 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
     (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``.
     """
     batch, length = frames.shape[:2]
-    state = model.init_state(batch)
-    masks, reconstructions, slots = [], [], []
-    for t in range(length):
-        inputs = resize_frames(frames[:, t], model.resolution)
+
+    def step(state, t: int):
+        inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
         _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         decoded = model.decode(state.slots)  # once, for both masks and reconstruction
-        masks.append(decoded.masks.float().cpu())
-        reconstructions.append(decoded.reconstruction.float().clamp(0, 1).cpu())
-        slots.append(state.slots.float().cpu())
-    return {"masks": torch.stack(masks, 1), "reconstructions": torch.stack(reconstructions, 1), "slots": torch.stack(slots, 1)}
+        output = {"masks": decoded.masks.float().cpu(), "reconstructions": decoded.reconstruction.float().clamp(0, 1).cpu(), "slots": state.slots.float().cpu()}
+        return output, state
+
+    outputs, _ = scan(step, model.init_state(batch), range(length))
+    return outputs
 
 
 def evaluate_perception(

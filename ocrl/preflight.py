@@ -15,8 +15,8 @@ command line) for:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ocrl.errors import OcrlError
 

@@ -26,14 +26,17 @@ Models that do not predict positions natively derive them with :func:`codes_from
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 POSITION_FIELDS = ("x", "y", "size", "depth")
 SLOT_CODE_KEYS = ("slots", "position", "presence", "masks", "depth_map")
+# the codes every model gives (masks and depth maps need decoding): what agents and world models see
+CODE_KEYS = SLOT_CODE_KEYS[:3]
 # Depth reported when nothing is known about it: the middle of the relative range.
 UNKNOWN_DEPTH = 0.5
 # Area (as a fraction of the image) that a slot must win for presence 1 - 1/e; 0.001 is about
@@ -74,16 +77,32 @@ class SlotCodes:
     def batch_shape(self) -> tuple[int, ...]:
         return tuple(self.slots.shape[:-2])
 
-    def _map(self, function) -> "SlotCodes":
+    def _map(self, function) -> SlotCodes:
         return SlotCodes(**{field.name: None if (value := getattr(self, field.name)) is None else function(value) for field in fields(self)})
 
-    def detach(self) -> "SlotCodes":
+    @classmethod
+    def stack(cls, codes: Sequence[SlotCodes], dim: int = 1) -> SlotCodes:
+        """Codes of single steps, e.g. (B, ...) each, stacked into (B, T, ...) along batch dim ``dim``."""
+        return cls._join(torch.stack, codes, dim)
+
+    @classmethod
+    def cat(cls, codes: Sequence[SlotCodes], dim: int = 1) -> SlotCodes:
+        """Codes concatenated along batch dim ``dim``, e.g. (B, T1, ...) and (B, T2, ...) to (B, T1 + T2, ...)."""
+        return cls._join(torch.cat, codes, dim)
+
+    @classmethod
+    def _join(cls, join, codes: Sequence[SlotCodes], dim: int) -> SlotCodes:
+        # optional fields only when every part has them
+        names = [field.name for field in fields(cls) if all(getattr(part, field.name) is not None for part in codes)]
+        return cls(**{name: join([getattr(part, name) for part in codes], dim) for name in names})
+
+    def detach(self) -> SlotCodes:
         return self._map(torch.Tensor.detach)
 
-    def to(self, *args, **kwargs) -> "SlotCodes":
+    def to(self, *args, **kwargs) -> SlotCodes:
         return self._map(lambda tensor: tensor.to(*args, **kwargs))
 
-    def __getitem__(self, index) -> "SlotCodes":
+    def __getitem__(self, index) -> SlotCodes:
         """Index the batch dims, e.g. ``codes[3]`` or ``codes[:, -1]`` for (B, T, ...) codes."""
         index = index if isinstance(index, tuple) else (index,)
         if any(part is Ellipsis for part in index) or len(index) > len(self.batch_shape):
@@ -100,7 +119,7 @@ class SlotCodes:
         }
 
     @classmethod
-    def from_numpy(cls, arrays: Mapping[str, Any], device: torch.device | str | None = None) -> "SlotCodes":
+    def from_numpy(cls, arrays: Mapping[str, Any], device: torch.device | str | None = None) -> SlotCodes:
         """Inverse of :meth:`to_numpy` (extra keys are ignored)."""
         return cls(**{key: torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32, device=device) for key in SLOT_CODE_KEYS if arrays.get(key) is not None})
 

@@ -4,11 +4,12 @@ what a perception model makes of a video (reconstruction and slot masks over tim
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ocrl.files import write_atomically
 
 
 def instance_palette(count: int) -> np.ndarray:
@@ -36,9 +37,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W, 3) uint8 image atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        Image.fromarray(image).save(handle, format="PNG")
-    os.replace(handle.name, path)
+    write_atomically(path, lambda file: Image.fromarray(image).save(file, format="PNG"))
     return path
 
 
@@ -85,9 +84,7 @@ def save_gif(images: list[np.ndarray], path: str | os.PathLike, frame_ms: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pictures = [Image.fromarray(image) for image in images]
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".gif", delete=False) as handle:
-        pictures[0].save(handle, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
-    os.replace(handle.name, path)
+    write_atomically(path, lambda file: pictures[0].save(file, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0))
     return path
 
 

@@ -252,7 +252,7 @@ def test_dm_control_masks_are_the_bodies_owning_the_segmented_geoms(env_id):
     bodies = _object_bodies(physics, info["ground_truth"])
     # every non-world body with a geom of a default-visible group, in body-id order
     assert bodies == sorted({int(b) for b, g in zip(model.geom_bodyid, model.geom_group) if b != 0 and g < 3})
-    for step in range(4):
+    for _ in range(4):
         truth = info["ground_truth"]
         assert truth["object_shape"] == names  # ids stable within the episode
         segmentation = physics.render(48, 80, camera_id=0, segmentation=True)

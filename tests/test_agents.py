@@ -10,7 +10,14 @@ import torch
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl.envs
-from ocrl.agents import AgentConfig, GroundTruthObservation, SlotSetExtractor, evaluate_policy_in_env, load_agent, train_agent
+from ocrl.agents import (
+    AgentConfig,
+    GroundTruthObservation,
+    SlotSetExtractor,
+    evaluate_policy_in_env,
+    load_agent,
+    train_agent,
+)
 from ocrl.agents.extractors import KINDS
 from ocrl.agents.training import read_curve
 from ocrl.checkpoint import load_metrics, load_trainer_state

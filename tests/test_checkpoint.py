@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -220,3 +222,18 @@ def test_a_flipped_bit_in_the_weights_is_caught_and_old_checkpoints_still_load(s
     path.write_bytes(original)
     edit_config(saved, lambda header: header.pop("sha256"))  # as written before ocrl recorded digests
     load_checkpoint(saved)
+
+
+def test_checkpoints_and_pictures_get_ordinary_modes_under_the_umask(tmp_path):
+    from ocrl.viz import save_png
+
+    previous = os.umask(0o022)
+    try:
+        config = tiny_config()
+        directory = save_checkpoint(build_perception(config), config, tmp_path / "checkpoint")
+        picture = save_png(np.zeros((4, 4, 3), np.uint8), tmp_path / "picture.png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()} == {0o644}
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o644

@@ -218,10 +218,10 @@ def test_manifest_records_the_collection(tmp_path):
 
 
 def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys):
+    import ocrl.envs
     from ocrl.agents import AgentConfig, load_agent, train_agent
     from ocrl.cli import main
     from ocrl.wrappers import ObjectCentricObservation
-    import ocrl.envs
 
     config = AgentConfig(env_id=ENV_ID, perception=tiny_perception, env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
     train_agent(config, tmp_path / "agent", steps=64, num_envs=2, eval_episodes=1, progress=False)

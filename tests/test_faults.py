@@ -28,7 +28,15 @@ import numpy as np
 import pytest
 import torch
 
-from ocrl.checkpoint import CONFIG_FILE, TRAINER_FILE, TRAINER_TENSORS_FILE, WEIGHTS_FILE, load_checkpoint, load_trainer_state, save_checkpoint
+from ocrl.checkpoint import (
+    CONFIG_FILE,
+    TRAINER_FILE,
+    TRAINER_TENSORS_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
 from ocrl.data.collect import collect
 from ocrl.data.store import MANIFEST_NAME, RolloutStore, RolloutWriter
 from ocrl.errors import CollectionInterrupted, OcrlError
@@ -171,7 +179,7 @@ def test_world_model_training_interrupted_at_a_random_step_keeps_it_and_resumes(
 def movi_shards(tmp_path_factory) -> Path:
     from test_movi import make_video
 
-    from ocrl.data.movi import write_movi_shard
+    from ocrl.movi.schema import write_movi_shard
 
     directory = tmp_path_factory.mktemp("movi") / "shards"
     directory.mkdir()
@@ -181,7 +189,7 @@ def movi_shards(tmp_path_factory) -> Path:
 
 
 def test_movi_conversion_interrupted_at_a_random_video_resumes_identically(movi_shards, tmp_path, monkeypatch):
-    from ocrl.data.movi_convert import convert_movi
+    from ocrl.movi.convert import convert_movi
 
     reference = files_of(convert_movi(movi_shards, tmp_path / "reference", workers=0, progress=False).path)
     generator = random.Random(5)
@@ -316,7 +324,7 @@ def test_damaged_code_cache_files(tiny_perception, tmp_path):
 
 
 def test_damaged_tfrecord_shards(movi_shards, tmp_path):
-    from ocrl.data.movi import read_movi
+    from ocrl.movi.schema import read_movi
 
     shard = tmp_path / "movi_e-train.tfrecord-00000-of-00001"
     shard.write_bytes((movi_shards / "movi_e-train.tfrecord-00000-of-00002").read_bytes())

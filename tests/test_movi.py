@@ -15,12 +15,27 @@ import pytest
 
 from ocrl.cli import main
 from ocrl.data.dataset import ClipDataset, box_conditions
-from ocrl.data.movi import LABEL_NAMES, decode_movi_example, encode_movi_example, movi_variant, read_movi, write_movi_shard
-from ocrl.data.movi_convert import convert_movi
-from ocrl.data.png import decode_png, encode_png
 from ocrl.data.store import RolloutStore
-from ocrl.data.tfrecord import _raw_crc_small, crc32c, masked_crc32c, parse_example, read_records, record_offsets, serialize_example
 from ocrl.errors import CorruptFileError, OcrlError
+from ocrl.movi.convert import convert_movi
+from ocrl.movi.png import decode_png, encode_png
+from ocrl.movi.schema import (
+    LABEL_NAMES,
+    decode_movi_example,
+    encode_movi_example,
+    movi_variant,
+    read_movi,
+    write_movi_shard,
+)
+from ocrl.movi.tfrecord import (
+    _raw_crc_small,
+    crc32c,
+    masked_crc32c,
+    parse_example,
+    read_records,
+    record_offsets,
+    serialize_example,
+)
 
 FRAMES, SIZE, INSTANCES = 3, 8, 3
 
@@ -283,7 +298,7 @@ def test_corrupt_and_truncated_shards_name_file_and_record(shards, tmp_path):
 
 
 def test_a_record_that_is_not_a_movi_example_is_named(tmp_path):
-    from ocrl.data.tfrecord import TFRecordWriter
+    from ocrl.movi.tfrecord import TFRecordWriter
 
     path = tmp_path / "movi_a-train.tfrecord-00000-of-00001"
     with TFRecordWriter(path) as writer:
@@ -438,7 +453,7 @@ def test_cli_errors_are_one_line(shards, tmp_path, capsys, arguments, fragment):
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    from ocrl.data.movi_generator import GeneratorConfig, generate_movi
+    from ocrl.movi.generator import GeneratorConfig, generate_movi
 
     directory = tmp_path_factory.mktemp("generated")
     config = GeneratorConfig(resolution=24, num_frames=4, min_objects=2, max_objects=3, moving_camera=True)
@@ -486,7 +501,7 @@ def test_generator_videos_are_consistent(generated):
 
 
 def test_generator_is_reproducible_and_resumes(generated, tmp_path):
-    from ocrl.data.movi_generator import generate_movi
+    from ocrl.movi.generator import generate_movi
 
     directory, config = generated
     shard = sorted(directory.glob("*.tfrecord-*"))[1]

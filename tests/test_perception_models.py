@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
 from ocrl.perception import (
     FAMILIES,
@@ -23,8 +24,6 @@ from ocrl.perception import (
     perception_config,
 )
 from ocrl.slots import SlotCodes, codes_from_masks, observation_space, pixel_coordinates
-
-from conftest import tiny_config
 
 
 def tiny_model(family: str = "smoothsa", seed: int = 0, **kwargs):

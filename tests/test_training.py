@@ -1,22 +1,21 @@
 """Perception pretraining, evaluation and pictures, end to end on a tiny store."""
 
 import json
-import os
-import socket
+import shutil
 import types
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as multiprocessing
 
 import ocrl
 from ocrl.checkpoint import CheckpointError, load_checkpoint, load_trainer_state
 from ocrl.cli import main
 from ocrl.data.collect import collect
-from ocrl.errors import OcrlError
+from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.evaluation import evaluate_perception
-from ocrl.training import PRESETS, learning_rate_factor, pretrain
+from ocrl.fit import learning_rate_factor
+from ocrl.training import PRESETS, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +46,20 @@ def test_pretrain_writes_a_checkpoint_and_resumes(store, tmp_path):
     assert any(changed)
     with pytest.raises(OcrlError, match="another model config"):
         pretrain(store.path, out, family="tf_inv", steps=3, batch_size=2, progress=False)
+    # the finished run again, through the CLI: one line, exit 0, the checkpoint untouched
+    assert main(["pretrain", "--data", str(store.path), "--out", str(out), "--model", "smoothsa", "--steps", "3", "--batch-size", "2"]) == 0
+    assert load_trainer_state(out)["step"] == 3
 
 
-def test_an_interrupted_run_keeps_its_last_step(store, tmp_path, monkeypatch):
+def test_a_corrupt_episode_leaves_a_checkpoint_and_names_the_file(store, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store.path, damaged)
+    for path in (damaged / "episodes").glob("*.npz"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     out = tmp_path / "model"
-    original = torch.optim.AdamW.step
-    calls = {"count": 0}
-
-    def step_then_interrupt(self, *args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(store.path, out, family="slot_attention", steps=5, batch_size=2, progress=False)
-    assert load_trainer_state(out)["step"] == 2
+    with pytest.raises(CorruptFileError, match=r"episode-\d+\.npz"):
+        pretrain(damaged, out, family="slot_attention", steps=3, batch_size=2, progress=False)
+    assert load_trainer_state(out)["step"] == 0
 
 
 def test_evaluation_scores_lie_in_range_and_pictures_are_written(store, tmp_path, capsys):
@@ -96,26 +92,6 @@ def test_user_errors_print_one_line(store, tmp_path, capsys):
         assert error.count("\n") == 1 and "error" in error
     with pytest.raises(CheckpointError, match="no perception model"):
         ocrl.load_perception("no-such-model")
-
-
-def _free_port() -> int:
-    with socket.socket() as handle:
-        handle.bind(("127.0.0.1", 0))
-        return handle.getsockname()[1]
-
-
-def _distributed_worker(rank: int, world_size: int, port: int, data: str, out: str) -> None:
-    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    pretrain(data, out, family="slot_attention", steps=2, batch_size=1, device="cpu", progress=False)
-    torch.distributed.destroy_process_group()
-
-
-def test_distributed_training_with_two_gloo_processes(store, tmp_path):
-    out = tmp_path / "model"
-    multiprocessing.spawn(_distributed_worker, args=(2, _free_port(), str(store.path), str(out)), nprocs=2, join=True)
-    assert load_trainer_state(out)["step"] == 2
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
 
 
 class _OracleModel(torch.nn.Module):

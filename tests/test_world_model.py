@@ -6,20 +6,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from gymnasium.utils.env_checker import check_env as gym_check_env
 import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl
+from ocrl.checkpoint import CheckpointError
 from ocrl.cli import main
 from ocrl.data.collect import collect
 from ocrl.errors import OcrlError
 from ocrl.slots import SlotCodes
-from ocrl.wrappers import SlotEncoder
 from ocrl.world_models import (
     CodeCache,
     ImaginationEnv,
@@ -33,6 +35,7 @@ from ocrl.world_models import (
     train_world_model,
 )
 from ocrl.world_models.evaluation import open_loop
+from ocrl.wrappers import SlotEncoder
 
 ENV_KWARGS = {"resolution": 32}
 
@@ -423,3 +426,17 @@ def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception
     model = constant_heads(model, reward=0.6, continue_logit=3.0)
     result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
     assert result["reward_precision"] == round(2 / 19, 5) and result["reward_recall"] == round(2 / 3, 5)
+def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, tiny_perception):
+    assert isinstance(ocrl.load(world_model), SlotWorldModel) and not isinstance(ocrl.load(tiny_perception), SlotWorldModel)
+    with pytest.raises(CheckpointError, match="slot_world_model checkpoint, not a perception model"):
+        ocrl.load_perception(world_model)
+    # a fresh process: core ocrl imports neither world models nor agents, and the kind table
+    # still knows a world model when it meets one
+    script = (
+        "import sys, ocrl, ocrl.checkpoint, ocrl.wrappers\n"
+        "assert not [name for name in sys.modules if name.startswith(('ocrl.agents', 'ocrl.world_models'))]\n"
+        "try:\n    ocrl.load_perception(sys.argv[1])\nexcept ocrl.checkpoint.CheckpointError as error:\n    print(error)\n"
+        "print(type(ocrl.load(sys.argv[1])).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(world_model)], capture_output=True, text=True, check=True)
+    assert "not a perception model" in result.stdout and result.stdout.strip().endswith("SlotWorldModel")

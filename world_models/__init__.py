@@ -11,7 +11,13 @@
 
 from ocrl.world_models.codes import CodeCache, encode_store, perception_fingerprint
 from ocrl.world_models.evaluation import evaluate_world_model
-from ocrl.world_models.imagination import ImaginationEnv, ImaginationVecEnv, load_world_model, starts_from_cache, starts_from_env
+from ocrl.world_models.imagination import (
+    ImaginationEnv,
+    ImaginationVecEnv,
+    load_world_model,
+    starts_from_cache,
+    starts_from_env,
+)
 from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, WorldModelOutput
 from ocrl.world_models.training import WorldModelTrainingConfig, train_world_model
 

@@ -1,7 +1,7 @@
 """Slot codes of rollouts, encoded once with a frozen perception model and cached on disk.
 
 World models train on the codes an agent would see: each episode of a rollout store is encoded
-frame by frame as the wrappers do (:class:`~ocrl.wrappers.SlotEncoder`, first-frame treatment
+frame by frame as the wrappers do (:class:`~ocrl.perception.encoder.SlotEncoder`, first-frame treatment
 on the reset frame). The cache is a directory per perception model::
 
     CACHE/info.json                 perception reference and fingerprint, source store
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ocrl.data.store import RolloutStore, _save_npz, episode_file_name, write_atomically
+from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
 from ocrl.errors import CorruptFileError, OcrlError
-from ocrl.slots import SlotCodes
-from ocrl.wrappers import SlotEncoder
+from ocrl.files import write_atomically
+from ocrl.perception.encoder import SlotEncoder
+from ocrl.slots import CODE_KEYS, SlotCodes
 
-CODE_KEYS = ("slots", "position", "presence")
 STEP_KEYS = ("actions", "rewards", "terminated", "truncated")
 INFO_FILE = "info.json"
 
@@ -125,7 +125,7 @@ class Window:
     continues: torch.Tensor  # (B, L) float, 0 where the episode terminated
     valid: torch.Tensor  # (B, L) float
 
-    def to(self, device: torch.device | str) -> "Window":
+    def to(self, device: torch.device | str) -> Window:
         return Window(self.codes.to(device), self.actions.to(device), self.rewards.to(device), self.continues.to(device), self.valid.to(device))
 
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,8 @@ from tqdm.auto import tqdm
 from ocrl import metrics
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
-from ocrl.evaluation import resize_frames
-from ocrl.slots import SlotCodes
+from ocrl.perception.frames import prepare_frames
+from ocrl.slots import CODE_KEYS, SlotCodes
 from ocrl.world_models.codes import CodeCache, encode_store
 from ocrl.world_models.imagination import ImaginedEpisodes, check_pairing
 from ocrl.world_models.model import SlotWorldModel, position_error, slot_error
@@ -59,11 +60,7 @@ def open_loop(model: SlotWorldModel, codes: SlotCodes, actions: torch.Tensor, co
             episodes.observe(codes[:, step + 1])
         else:
             predicted.append(output.codes)
-    return _stack(predicted)
-
-
-def _stack(steps: list[SlotCodes]) -> SlotCodes:
-    return SlotCodes(**{key: torch.stack([getattr(step, key) for step in steps], 1) for key in ("slots", "position", "presence")})
+    return SlotCodes.stack(predicted)
 
 
 def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -117,7 +114,7 @@ def evaluate_world_model(
         truth = window.codes.to(device)
         predicted = open_loop(model, truth, window.actions.to(device), context, horizon)
         target = truth[:, context:]
-        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in ("slots", "position", "presence")))
+        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in CODE_KEYS))
         scores = {
             "slot_mse": slot_error(predicted, target, slot_std),
             "slot_mse_copy_last": slot_error(copied, target, slot_std),
@@ -125,7 +122,7 @@ def evaluate_world_model(
             "position_mse_copy_last": position_error(copied, target),
         }
         frames = np.stack([store.episode(e).frames(s + context, s + context + horizon) for e, s in chunk])
-        real = resize_frames(frames.reshape(-1, *frames.shape[2:]), perception.resolution).to(perception.device)
+        real = prepare_frames(frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True)
         decoded = {name: perception.decode(value.slots.flatten(0, 1).to(perception.device)) for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))}
         for name, output in decoded.items():
             scores[f"psnr{name}"] = psnr(output.reconstruction.float().clamp(0, 1), real).view(len(chunk), horizon)
@@ -208,7 +205,7 @@ def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module
     actions = torch.as_tensor(record.actions[: len(video) - 1], device=model.device)[None]
     imagined = open_loop(model, real, actions, context, len(video) - context)
     slots = torch.cat([real.slots[0, :context], imagined.slots[0]])
-    shown = _to_uint8(resize_frames(video, perception.resolution).numpy())
+    shown = _to_uint8(prepare_frames(video, perception.resolution, "cpu", resize=True).numpy())
     decoded_real = perception.decode(real.slots[0].to(perception.device))
     decoded = perception.decode(slots.to(perception.device))
     segmentation = slot_colours(model.config.num_slots)[decoded.masks.float().argmax(1).cpu().numpy()]

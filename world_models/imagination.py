@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
-from ocrl.slots import SlotCodes, observation_space
+from ocrl.device import default_device
+from ocrl.slots import CODE_KEYS, SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
-
-CODE_KEYS = ("slots", "position", "presence")
 
 
 def check_pairing(world_model: SlotWorldModel, perception: torch.nn.Module) -> None:
@@ -252,7 +251,7 @@ def load_world_model(path, device=None) -> SlotWorldModel:
     from ocrl.errors import OcrlError
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     model, _ = load_checkpoint(path, device=device)
     if not isinstance(model, SlotWorldModel):
         raise OcrlError(f"{path} is a checkpoint of a {type(model).__name__}, not a world model")

@@ -22,7 +22,6 @@ codes, kept in the weights as buffers.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,16 +31,15 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from ocrl.checkpoint import register_model_kind
+from ocrl.config_json import JsonConfig
 from ocrl.errors import OcrlError
-from ocrl.perception.config import dataclass_from_dict
 from ocrl.slots import SlotCodes
 
 ACTION_TYPES = ("Discrete", "Box")
 
 
 @dataclass
-class WorldModelConfig:
+class WorldModelConfig(JsonConfig):
     """What a world model is: stored in its checkpoint's config.json.
 
     num_slots, slot_dim: the slot shape of the perception model whose codes it models.
@@ -50,6 +48,8 @@ class WorldModelConfig:
     env_id, env_kwargs: the env the training rollouts came from (imagination mimics it).
     history: most steps the model attends to.
     """
+
+    config_name = "world model config"  # where a from_dict error is, not a field
 
     num_slots: int = 7
     slot_dim: int = 64
@@ -78,12 +78,6 @@ class WorldModelConfig:
             return int(self.action_space["n"])
         return int(np.prod(self.action_space["shape"]))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "WorldModelConfig":
-        return dataclass_from_dict(cls, data, "world model config")
 
 
 def action_space_of(config: WorldModelConfig) -> spaces.Space:
@@ -279,8 +273,6 @@ class SlotWorldModel(nn.Module):
 def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
     return SlotWorldModel(config)
 
-
-register_model_kind("slot_world_model", WorldModelConfig, build_world_model)
 
 
 def slot_error(predicted: SlotCodes, target: SlotCodes, slot_std: torch.Tensor) -> torch.Tensor:

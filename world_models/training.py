@@ -10,17 +10,14 @@
   model its own predictions for ``rollout_steps`` more steps (gradients flow through them), so
   that it learns to stay on track when imagination feeds it its own output.
 
-AdamW, warmup then cosine decay, gradient clipping, a progress bar, optional TensorBoard, and
-checkpoints like perception training's: rerunning the same command resumes. Several GPUs:
-``torchrun --nproc-per-node N -m ocrl.cli train-world-model ...`` (DDP; rank 0 writes).
+Trained by the one training loop, :func:`ocrl.fit.fit` (as perception is): rerunning the same
+command resumes. Several GPUs: ``torchrun --nproc-per-node N -m ocrl.cli train-world-model ...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ocrl.checkpoint import CONFIG_FILE, load_checkpoint, load_trainer_state, read_checkpoint_config, save_checkpoint
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
+from ocrl.fit import fit, resume_or_build, start_process
 from ocrl.preflight import preflight
 from ocrl.slots import SlotCodes
-from ocrl.training import _distributed_setup, _tensorboard_writer, learning_rate_factor
 from ocrl.world_models.codes import CodeCache, Window, encode_store
 from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, position_error, slot_error
 
@@ -90,7 +85,8 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
         predicted = [output.codes[:, context - 1]]  # step `context`, one step ahead
         errors = []
         for step in range(context + 1, steps + 1):
-            prediction = forward(_cat_time(window.codes[:, :context], predicted), window.actions[:, :step]).codes[:, -1]
+            # true codes (B, context) followed by the predicted steps so far
+            prediction = forward(SlotCodes.cat([window.codes[:, :context], SlotCodes.stack(predicted)]), window.actions[:, :step]).codes[:, -1]
             target = window.codes[:, step]
             error = slot_error(prediction, target, model.slot_std) + training.position_weight * position_error(prediction, target)
             errors.append(mean(error, valid[:, step - 1]))
@@ -100,23 +96,6 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
     return loss, terms
 
 
-def _with_time(codes: SlotCodes) -> SlotCodes:
-    return codes._map(lambda tensor: tensor[:, None])
-
-
-def _cat_time(history: SlotCodes, predicted: list[SlotCodes]) -> SlotCodes:
-    """True codes (B, c) followed by predicted codes of single steps (B,) -> (B, c + n)."""
-    parts = [history, *[_with_time(codes) for codes in predicted]]
-    return SlotCodes(**{key: torch.cat([getattr(part, key) for part in parts], 1) for key in ("slots", "position", "presence")})
-
-
-def _check_resume(out: Path, config: WorldModelConfig) -> bool:
-    if not (out / CONFIG_FILE).exists():
-        return False
-    saved, _ = read_checkpoint_config(out)
-    if not isinstance(saved, WorldModelConfig) or saved.to_dict() != config.to_dict():
-        raise OcrlError(f"{out} holds a checkpoint of another model; pass another --out to start a new run")
-    return True
 
 
 def train_world_model(
@@ -140,7 +119,7 @@ def train_world_model(
         cache: where the codes are cached (default ``DATA/codes/<perception fingerprint>``).
     """
     import ocrl
-    from ocrl.wrappers import resolve_model
+    from ocrl.perception.encoder import resolve_model
 
     preflight(checkpoint=out, stores=[data], stores_need_actions=True, device=device)
     training = training or WorldModelTrainingConfig()
@@ -148,12 +127,12 @@ def train_world_model(
     if training.rollout_steps >= history:
         raise OcrlError(f"rollout_steps ({training.rollout_steps}) must be below the history ({history})")
     store = RolloutStore.open(data)
-    rank, world_size, rank_device = _distributed_setup()
-    device = torch.device(device) if device is not None else rank_device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    process = start_process(device)
+    device = process.device
     reference = perception or ocrl.DEFAULT_PERCEPTION
     perception_model = resolve_model(reference, device)
-    cache_dir = encode_store(perception_model, store, cache, perception=reference, progress=progress and rank == 0) if rank == 0 else None
-    if world_size > 1:  # the others wait for rank 0's cache
+    cache_dir = encode_store(perception_model, store, cache, perception=reference, progress=progress and process.rank == 0) if process.rank == 0 else None
+    if process.world_size > 1:  # the others wait for rank 0's cache
         shared = [str(cache_dir)]
         torch.distributed.broadcast_object_list(shared, src=0)
         cache_dir = Path(shared[0])
@@ -168,67 +147,19 @@ def train_world_model(
         **(model_config or {}),
     )
     out = Path(out)
-    if _check_resume(out, config):
-        model, _ = load_checkpoint(out, device=device)
-        state = load_trainer_state(out) or {}
-    else:
-        model = SlotWorldModel(config).to(device)
+    torch.manual_seed(training.seed + process.rank)  # before building: the initial weights follow the seed
+    model, state = resume_or_build(out, config, SlotWorldModel, device)
+    if not state:
         model.set_slot_statistics(*(tensor.to(device) for tensor in codes.slot_statistics()))
-        state = {}
-    model.train()
-    torch.manual_seed(training.seed + rank)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
-    step = int(state.get("step", 0))
-    history: list[float] = list(state.get("loss_history", []))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: learning_rate_factor(index, training), last_epoch=step - 1)
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    generator = np.random.default_rng([training.seed, rank, step])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported() else nullcontext()
-    writer = _tensorboard_writer(tensorboard) if rank == 0 else None
-    last_terms: dict[str, float] = {}
 
-    def save(final: bool = False) -> None:
-        if rank != 0:
-            return
-        trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "loss_history": history}
-        metrics = {"step": step, "loss": history[-1] if history else None, "terms": last_terms, "done": final}
-        save_checkpoint(model, config, out, trainer_state=trainer_state, metrics=metrics, training_config={**dataclasses.asdict(training), "data": str(Path(store.path).resolve()), "cache": str(cache_dir)})
+    def batches(step: int):
+        generator = np.random.default_rng([training.seed, process.rank, step])
+        while True:
+            yield codes.sample(training.batch_size, config.history, generator, training.end_fraction).to(device)
 
-    bar = tqdm(total=training.steps, initial=step, desc="train world model", unit="step", disable=not progress or rank != 0)
-    started = time.perf_counter()
-    try:
-        while step < training.steps:
-            window = codes.sample(training.batch_size, config.history, generator, training.end_fraction).to(device)
-            with autocast:
-                loss, terms = window_loss(model, window, training, forward=trained)
-            if not torch.isfinite(loss):
-                raise OcrlError(f"loss became {loss.item()} at step {step}; lower the learning rate (the last good checkpoint is in {out})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), training.gradient_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            history.append(round(float(loss.detach()), 6))
-            last_terms = {name: round(float(value.detach()), 6) for name, value in terms.items()}
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]:.4f}")
-            if writer is not None:
-                writer.add_scalar("loss/total", history[-1], step)
-                for name, value in last_terms.items():
-                    writer.add_scalar(f"loss/{name}", value, step)
-            if step % training.checkpoint_every == 0 and step < training.steps:
-                save()
-    except KeyboardInterrupt:
-        save()
-        raise
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-    save(final=True)
-    if rank == 0 and progress:
-        print(f"trained the world model to step {step} in {time.perf_counter() - started:.0f} s; checkpoint: {out}")
+    def loss(forward, window: Window, step: int):
+        return window_loss(model, window, training, forward=forward)
+
+    record = {**dataclasses.asdict(training), "data": str(Path(store.path).resolve()), "cache": str(cache_dir)}
+    fit(model, config, loss, batches, training, out, process=process, state=state, training_record=record, tensorboard=tensorboard, progress=progress, description="train world model")
     return out

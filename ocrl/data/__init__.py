@@ -6,10 +6,7 @@
   clips and frames to a DataLoader;
 * :func:`ocrl.data.sb3_policy.load_sb3_policy` acts with a saved Stable-Baselines3 policy
   without unpickling it.
-* :func:`ocrl.data.movi.read_movi` reads the Kubric MOVi TFDS shards without TensorFlow (TFRecord
-  and ``tf.train.Example`` in :mod:`ocrl.data.tfrecord`); :func:`ocrl.data.movi_convert.convert_movi`
-  turns them into a store (``ocrl movi convert``); :mod:`ocrl.data.movi_generator` renders
-  MOVi-style videos with MuJoCo (``ocrl movi generate``).
+* MOVi (Kubric shards, their conversion to a store, a MuJoCo generator) lives in :mod:`ocrl.movi`.
 
 Nothing is imported here, so that the CLI's ``collect`` does not wait for torch to load.
 """

@@ -32,23 +32,24 @@ import io
 import json
 import os
 import re
-import secrets
 import struct
 import time
 import tokenize
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ocrl.envs.ground_truth import FRAME_KEYS, OBJECT_KEYS
 from ocrl.errors import CorruptFileError, OcrlError
+from ocrl.files import TEMP_SUFFIX, write_atomically
+from ocrl.version import library_version
 
 FORMAT_NAME = "ocrl-rollouts"
 FORMAT_VERSION = 1
@@ -58,7 +59,6 @@ EPISODE_DIR = "episodes"
 HEADER_KEYS = ("env_id", "env_kwargs", "seed", "policy", "frame_source", "frame_shape", "action_space", "ground_truth")
 
 _EPISODE_NAME = re.compile(r"episode-(\d+)\.npz")
-_TEMP_SUFFIX = ".tmp"
 _ZLIB_LEVEL = 1  # level 6 saves only ~10% on rendered frames and is 3x slower
 _ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # the zip epoch: files depend on content only
 # dtypes a per-frame blob may have (little-endian); anything else means a corrupt file
@@ -68,13 +68,6 @@ _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name lengt
 
 def episode_file_name(index: int) -> str:
     return f"episode-{index:06d}.npz"
-
-
-def ocrl_version() -> str:
-    try:
-        return version("ocrl")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -91,32 +84,11 @@ class EpisodeRecord:
         return {"index": self.index, "file": self.file, "seed": self.seed, "length": self.length, "return": self.episode_return}
 
     @classmethod
-    def from_json(cls, entry: dict[str, Any]) -> "EpisodeRecord":
+    def from_json(cls, entry: dict[str, Any]) -> EpisodeRecord:
         return cls(int(entry["index"]), str(entry["file"]), int(entry["seed"]), int(entry["length"]), float(entry["return"]))
 
 
 # --- writing -----------------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temp file in the same directory, so a crash leaves either the old
-    file or the new one, never a partial one."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
-    try:
-        # os.open, not mkstemp: mkstemp's 0600 mode would stick to the final file
-        with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # makes the rename itself durable
-    finally:
-        os.close(directory)
 
 
 def _save_npz(file: io.BufferedWriter, arrays: dict[str, np.ndarray]) -> None:
@@ -570,7 +542,7 @@ class RolloutStore:
         self._files = _OpenFiles()
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RolloutStore":
+    def open(cls, path: str | os.PathLike) -> RolloutStore:
         path = Path(path)
         header, records = read_manifest(path)
         episodes, _ = reconcile(path, records)
@@ -702,7 +674,7 @@ class RolloutWriter:
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "ocrl_version": ocrl_version(),
+            "ocrl_version": library_version(),
             **self.header,
             "episodes": [self._episodes[index].to_json() for index in sorted(self._episodes)],
         }
@@ -719,5 +691,5 @@ class RolloutWriter:
         for directory in (self.path, self.path / EPISODE_DIR):
             if directory.is_dir():
                 for entry in directory.iterdir():
-                    if entry.name.startswith(".") and entry.name.endswith(_TEMP_SUFFIX):
+                    if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
                         entry.unlink()

@@ -55,7 +55,13 @@ from ocrl.perception.config import (
 )
 from ocrl.perception.decoders import DecoderOutput, SpatialBroadcastDecoder, build_decoder
 from ocrl.perception.encoders import CNNBackbone, ImageEncoder, ResNetBackbone, build_encoder
-from ocrl.perception.initializers import ConditionalQueries, GaussianQueries, LearnedQueries, annealing_factor, build_initializer
+from ocrl.perception.initializers import (
+    ConditionalQueries,
+    GaussianQueries,
+    LearnedQueries,
+    annealing_factor,
+    build_initializer,
+)
 from ocrl.perception.model import ClipOutput, PerceptionState, VideoSlotModel, prepare_frames
 from ocrl.perception.preheater import QueryPreheater, build_preheater
 from ocrl.perception.transitioner import SlotTransitioner, build_transitioner

@@ -54,7 +54,7 @@ def measure(model: torch.nn.Module, batch_size: int, train_batch_size: int, clip
     results = {}
     for masks in (False, True):
         for name, first in (("first", True), ("next", False)):
-            median, best = _time(lambda: (model.step(frames, started, first, return_masks=masks), sync()), repeats)
+            median, best = _time(lambda first=first, masks=masks: (model.step(frames, started, first, return_masks=masks), sync()), repeats)
             results[f"{name}{'+masks' if masks else ''} frames/s"] = (batch_size / median, batch_size / best)
     with FlopCounterMode(display=False) as counter:
         model.step(frames, started, False)

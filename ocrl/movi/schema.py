@@ -70,7 +70,7 @@ have are absent (the MuJoCo generator writes no flow, normals or object coordina
 this table does not know are returned flat under their own key, never dropped.
 
 :func:`encode_movi_example` / :func:`write_movi_shard` write the same schema (used by the
-tests and by :mod:`ocrl.data.movi_generator`).
+tests and by :mod:`ocrl.movi.generator`).
 """
 
 from __future__ import annotations
@@ -78,14 +78,15 @@ from __future__ import annotations
 import glob
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ocrl.data.png import decode_png, encode_png
-from ocrl.data.tfrecord import DecodeError, TFRecordWriter, parse_example, read_records, serialize_example
 from ocrl.errors import CorruptFileError, OcrlError
+from ocrl.movi.png import decode_png, encode_png
+from ocrl.movi.tfrecord import DecodeError, TFRecordWriter, parse_example, read_records, serialize_example
 
 CATEGORIES = (
     "Action Figures", "Bag", "Board Games", "Bottles and Cans and Cups", "Camera", "Car Seat", "Consumer Goods", "Hat",

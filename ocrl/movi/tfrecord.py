@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping, Sequence
+from typing import BinaryIO
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -245,7 +246,7 @@ class TFRecordWriter:
         self._file.close()
         os.replace(self._temp, self.path)
 
-    def __enter__(self) -> "TFRecordWriter":
+    def __enter__(self) -> TFRecordWriter:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:

@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ocrl.data.movi import LABEL_NAMES, decode_movi_example, movi_variant, shard_paths
-from ocrl.data.store import EPISODE_DIR, EpisodeRecord, RolloutStore, RolloutWriter, episode_file_name, write_atomically, write_episode
-from ocrl.data.tfrecord import read_record_at, scan_records
+from ocrl.data.store import EPISODE_DIR, EpisodeRecord, RolloutStore, RolloutWriter, episode_file_name, write_episode
 from ocrl.envs.ground_truth import FRAME_KEYS, OBJECT_KEYS
 from ocrl.errors import CollectionInterrupted, CorruptFileError, OcrlError
+from ocrl.files import write_atomically
+from ocrl.movi.schema import LABEL_NAMES, decode_movi_example, movi_variant, shard_paths
+from ocrl.movi.tfrecord import read_record_at, scan_records
 
 GROUND_TRUTH_KEYS = (*FRAME_KEYS, *OBJECT_KEYS)
 _FIELDS = ("video", "segmentations", "depth", "instances", "camera")
@@ -73,7 +74,7 @@ def downsample(values: np.ndarray, factor: int, average: bool) -> np.ndarray:
 
 
 def episode_from_video(video: dict[str, Any], resolution: int | None = None) -> dict[str, Any]:
-    """One decoded MOVi video (:func:`~ocrl.data.movi.read_movi`) to the arguments of
+    """One decoded MOVi video (:func:`~ocrl.movi.schema.read_movi`) to the arguments of
     :func:`~ocrl.data.store.write_episode`: ``frames``, ``actions``, ``rewards``, ``terminated``,
     ``truncated`` and ``ground_truth`` (one dict per frame)."""
     metadata = video["metadata"]

@@ -9,7 +9,7 @@ position); the camera sits on a half-sphere shell around the origin, looking at 
 ``moving_camera`` travels in a straight line during the video (as in MOVi-E). Physics runs at
 240 Hz, frames are taken at 12 Hz (2 s of 24 frames, MOVi's rate).
 
-Written features (the :mod:`ocrl.data.movi` schema, dataset name ``movi_mujoco``):
+Written features (the :mod:`ocrl.movi.schema` schema, dataset name ``movi_mujoco``):
 ``video``, ``segmentations`` (geom pixels of object i are i + 1, floor and sky 0), ``depth``
 (distance from the camera centre, as MOVi: MuJoCo's planar depth times the ray length),
 ``forward_flow`` / ``backward_flow`` ((delta row, delta column) in pixels: each pixel's surface
@@ -20,7 +20,7 @@ looking down its -z axis with y up, as Blender's and MuJoCo's), ``instances/*``:
 ``quaternions``, ``velocities``, ``angular_velocities`` (world frame), ``bboxes_3d``,
 ``image_positions`` ((x, y) in [0, 1]), ``visibility`` (pixels), ragged ``bboxes`` and
 ``bbox_frames`` (from the segmentation, as Kubric computes them), ``mass``, ``friction``,
-``scale``, ``color``, ``shape_label`` (:data:`~ocrl.data.movi.MUJOCO_SHAPES`), and
+``scale``, ``color``, ``shape_label`` (:data:`~ocrl.movi.schema.MUJOCO_SHAPES`), and
 ``background``. Not written: normals, object coordinates, collision events,
 restitution (MuJoCo's soft contacts have no restitution coefficient).
 
@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ocrl.data.movi import MUJOCO_SHAPES, write_movi_shard
 from ocrl.errors import OcrlError
+from ocrl.movi.schema import MUJOCO_SHAPES, write_movi_shard
 
 DATASET_NAME = "movi_mujoco"
 
@@ -193,7 +193,7 @@ def _camera_path(rng: np.random.Generator, config: GeneratorConfig) -> np.ndarra
 
 def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, Any]:
     """Simulate and render video ``index`` of a run seeded ``seed``, in the stored MOVi form that
-    :func:`~ocrl.data.movi.encode_movi_example` takes."""
+    :func:`~ocrl.movi.schema.encode_movi_example` takes."""
     if "DISPLAY" not in os.environ:
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless: before mujoco picks its GL backend
     import mujoco
@@ -364,7 +364,7 @@ def _flow(poses: _Poses, depth: np.ndarray, segmentations: np.ndarray, source: i
 
 
 def shard_name(split: str, shard: int, shards: int) -> str:
-    """TFDS's shard naming, which :func:`~ocrl.data.movi.movi_variant` reads the dataset from."""
+    """TFDS's shard naming, which :func:`~ocrl.movi.schema.movi_variant` reads the dataset from."""
     return f"{DATASET_NAME}-{split}.tfrecord-{shard:05d}-of-{shards:05d}"
 
 
