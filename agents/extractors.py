@@ -6,8 +6,8 @@ Use with any SB3 algorithm through ``policy_kwargs``::
 
 The observation is a ``Dict`` with ``slots`` (K, D) and optionally ``position`` (K, 4) and
 ``presence`` (K,) (other keys are ignored). Each slot becomes one token: its slot vector
-(layer-normalised, so that codes of any scale sit beside positions in [-1, 1]), position and
-presence, concatenated. Three ways to pool the K tokens into one feature vector that does not
+(layer-normalised when its space is unbounded, so that codes of any scale sit beside positions
+in [-1, 1]), position and presence, concatenated. Three ways to pool the K tokens into one feature vector that does not
 change when slots are permuted:
 
 - ``relation`` (default): every ordered pair of tokens and their relative position
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
@@ -63,7 +64,11 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             token_dim += math.prod(shape[1:])
         self.kind = kind
         self.num_slots = num_slots
-        self.slot_norm = nn.LayerNorm(math.prod(observation_space["slots"].shape[1:]), elementwise_affine=False)
+        slot_space = observation_space["slots"]
+        bounded = bool(np.isfinite(slot_space.low).all() and np.isfinite(slot_space.high).all())
+        # slot codes of a perception model are unbounded and of any scale: normalised, they sit
+        # beside positions in [-1, 1]; bounded slots (the ground-truth oracle's) are left as they are
+        self.slot_norm = nn.Identity() if bounded else nn.LayerNorm(math.prod(slot_space.shape[1:]), elementwise_affine=False)
         if kind == "relation":
             self.pair = nn.Sequential(nn.Linear(2 * token_dim + 2, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
             self.head = nn.Sequential(nn.Linear(hidden_dim, features_dim), nn.ReLU())

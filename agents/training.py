@@ -57,7 +57,7 @@ OBSERVATIONS = ("slots", "pixels", "ground_truth")
 # short rollouts of many envs, small minibatches and a higher learning rate learn the object tasks
 # several times faster per env step than SB3's defaults.
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_steps": 128, "batch_size": 128, "ent_coef": 0.01, "learning_rate": 1e-3},
+    "ppo": {"n_steps": 128, "batch_size": 512, "ent_coef": 0.01, "learning_rate": 1e-3},
     "sac": {"learning_starts": 1_000, "buffer_size": 100_000},
     "dqn": {"learning_starts": 1_000, "buffer_size": 100_000, "exploration_fraction": 0.2, "target_update_interval": 1_000},
 }
