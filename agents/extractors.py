@@ -70,7 +70,12 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         # beside positions in [-1, 1]; bounded slots (the ground-truth oracle's) are left as they are
         self.slot_norm = nn.Identity() if bounded else nn.LayerNorm(math.prod(slot_space.shape[1:]), elementwise_affine=False)
         if kind == "relation":
-            self.pair = nn.Sequential(nn.Linear(2 * token_dim + 2, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+            # the pair MLP's first layer on [token i, token j, xy_j - xy_i], split into its three
+            # linear parts, each computed once per token (K) instead of once per pair (K^2)
+            self.first = nn.Linear(token_dim, hidden_dim)
+            self.second = nn.Linear(token_dim, hidden_dim, bias=False)
+            self.relative = nn.Linear(2, hidden_dim, bias=False)
+            self.pair = nn.Sequential(nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
             self.head = nn.Sequential(nn.Linear(hidden_dim, features_dim), nn.ReLU())
         elif kind == "deepsets":
             self.phi = nn.Sequential(nn.Linear(token_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
@@ -101,12 +106,10 @@ class SlotSetExtractor(BaseFeaturesExtractor):
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = self.tokens(observations)
         if self.kind == "relation":
-            count = tokens.shape[1]
             xy = observations["position"].float()[..., :2]
-            pairs = torch.cat(
-                [tokens.unsqueeze(2).expand(-1, -1, count, -1), tokens.unsqueeze(1).expand(-1, count, -1, -1), xy.unsqueeze(1) - xy.unsqueeze(2)],
-                dim=-1,
-            )  # (B, K, K, 2 token_dim + 2): token i, token j, position of j relative to i
+            relative = self.relative(xy)  # linear, so W (xy_j - xy_i) = W xy_j - W xy_i
+            # (B, K, K, hidden): first layer of [token i, token j, position of j relative to i]
+            pairs = (self.first(tokens) - relative).unsqueeze(2) + (self.second(tokens) + relative).unsqueeze(1)
             presence = self._weights(observations, tokens)
             weights = (presence.unsqueeze(2) * presence.unsqueeze(1)).unsqueeze(-1)
             return self.head((self.pair(pairs) * weights).sum(dim=(1, 2)) / self.num_slots)

@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0")
     parser.add_argument("--steps", type=int, default=16_384, help="timed PPO steps per observation kind")
-    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--memory-steps", type=int, default=0, help="also trace RSS over this many wrapped vector-env steps")
     args = parser.parse_args()
     if args.steps:
