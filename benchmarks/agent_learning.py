@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ocrl.agents import AgentConfig, train_agent
+from ocrl.agents import AgentConfig, evaluate_policy_in_env, make_vec_env, train_agent
 from ocrl.agents.training import CURVE_FILE, read_curve
 from ocrl.checkpoint import load_metrics
 
@@ -43,7 +43,27 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
     return out
 
 
-def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], path: Path) -> None:
+class RandomPolicy:
+    """Uniformly random actions, through SB3's ``predict``: the baseline every curve is judged against."""
+
+    def __init__(self, action_space, seed: int = 0):
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        count = len(next(iter(observation.values())))
+        return np.array([self.action_space.sample() for _ in range(count)]), None
+
+
+def random_success(env_id: str, env_kwargs: dict, episodes: int) -> float:
+    config = AgentConfig(env_id=env_id, observation="ground_truth", env_kwargs=env_kwargs)
+    venv = make_vec_env(config)
+    action_space = venv.action_space
+    venv.close()
+    return evaluate_policy_in_env(RandomPolicy(action_space), config, episodes, progress=False)["success_rate"]
+
+
+def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], random: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +77,8 @@ def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], path: Pat
         colour = COLOURS.get(observation)
         axes.plot(steps, success.mean(0), color=colour, label=f"{observation} ({len(runs)} seeds)")
         axes.fill_between(steps, success.min(0), success.max(0), color=colour, alpha=0.2)
+    axes.axhline(random, color="grey", linestyle="--", label="random policy")
+    axes.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     axes.set(title=env_id, xlabel="env steps", ylabel="held-out success rate", ylim=(0, 1))
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize=8)
@@ -90,7 +112,9 @@ def main() -> None:
             finals = [load_metrics(out) for out in outs]
             success = np.array([metrics["success_rate"] for metrics in finals])
             print(f"| {env_id} | {observation} | {len(outs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([m['mean_return'] for m in finals]):.2f} | {finals[0]['num_timesteps']} |", flush=True)
-        plot(env_id, curves, args.out / f"{env_id.replace('/', '_')}.png")
+        random = random_success(env_id, json.loads(args.env_kwargs or "{}"), args.episodes)
+        print(f"| {env_id} | random policy | - | {random:.2f} | {random:.2f} | - |", flush=True)
+        plot(env_id, curves, random, args.out / f"{env_id.replace('/', '_')}.png")
 
 
 if __name__ == "__main__":
