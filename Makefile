@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(PY) examples/demo.py --out demo_out
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -5,4 +5,12 @@ from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GroundTruthObservation
 from ocrl.agents.training import AgentConfig, evaluate_policy_in_env, load_agent, make_vec_env, train_agent
 
-__all__ = ["AgentConfig", "GroundTruthObservation", "SlotSetExtractor", "evaluate_policy_in_env", "load_agent", "make_vec_env", "train_agent"]
+__all__ = [
+    "AgentConfig",
+    "GroundTruthObservation",
+    "SlotSetExtractor",
+    "evaluate_policy_in_env",
+    "load_agent",
+    "make_vec_env",
+    "train_agent",
+]

@@ -46,11 +46,21 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         num_layers, num_heads: transformer size.
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, kind: str = "relation", features_dim: int = 64, hidden_dim: int = 128, num_layers: int = 2, num_heads: int = 4):
+    def __init__(
+        self,
+        observation_space: gym.spaces.Dict,
+        kind: str = "relation",
+        features_dim: int = 64,
+        hidden_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+    ):
         if kind not in KINDS:
             raise ValueError(f"unknown extractor kind {kind!r}; known: {', '.join(KINDS)}")
         if not isinstance(observation_space, gym.spaces.Dict) or "slots" not in observation_space.spaces:
-            raise ValueError(f"SlotSetExtractor needs a Dict observation space with 'slots' (K, D), got {observation_space}")
+            raise ValueError(
+                f"SlotSetExtractor needs a Dict observation space with 'slots' (K, D), got {observation_space}"
+            )
         super().__init__(observation_space, features_dim)
         self.keys = tuple(key for key in TOKEN_KEYS if key in observation_space.spaces)
         if kind == "relation" and "position" not in self.keys:
@@ -68,7 +78,9 @@ class SlotSetExtractor(BaseFeaturesExtractor):
         bounded = bool(np.isfinite(slot_space.low).all() and np.isfinite(slot_space.high).all())
         # slot codes of a perception model are unbounded and of any scale: normalised, they sit
         # beside positions in [-1, 1]; bounded slots (the ground-truth oracle's) are left as they are
-        self.slot_norm = nn.Identity() if bounded else nn.LayerNorm(math.prod(slot_space.shape[1:]), elementwise_affine=False)
+        self.slot_norm = (
+            nn.Identity() if bounded else nn.LayerNorm(math.prod(slot_space.shape[1:]), elementwise_affine=False)
+        )
         if kind == "relation":
             # the pair MLP's first layer on [token i, token j, xy_j - xy_i], split into its three
             # linear parts, each computed once per token (K) instead of once per pair (K^2)
@@ -78,12 +90,16 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             self.pair = nn.Sequential(nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
             self.head = nn.Sequential(nn.Linear(hidden_dim, features_dim), nn.ReLU())
         elif kind == "deepsets":
-            self.phi = nn.Sequential(nn.Linear(token_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
+            self.phi = nn.Sequential(
+                nn.Linear(token_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
+            )
             self.head = nn.Sequential(nn.Linear(hidden_dim, features_dim), nn.ReLU())
         else:
             self.embed = nn.Linear(token_dim, features_dim)
             self.cls_token = nn.Parameter(torch.zeros(1, 1, features_dim))
-            layer = nn.TransformerEncoderLayer(features_dim, num_heads, 2 * features_dim, dropout=0.0, batch_first=True, norm_first=True)
+            layer = nn.TransformerEncoderLayer(
+                features_dim, num_heads, 2 * features_dim, dropout=0.0, batch_first=True, norm_first=True
+            )
             self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
             self.output_norm = nn.LayerNorm(features_dim)
 
@@ -114,6 +130,8 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             weights = (presence.unsqueeze(2) * presence.unsqueeze(1)).unsqueeze(-1)
             return self.head((self.pair(pairs) * weights).sum(dim=(1, 2)) / self.num_slots)
         if self.kind == "deepsets":
-            return self.head((self.phi(tokens) * self._weights(observations, tokens).unsqueeze(-1)).sum(dim=1) / self.num_slots)
+            return self.head(
+                (self.phi(tokens) * self._weights(observations, tokens).unsqueeze(-1)).sum(dim=1) / self.num_slots
+            )
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), self.embed(tokens)], dim=1)
         return self.output_norm(self.transformer(tokens)[:, 0])

@@ -46,7 +46,11 @@ class GroundTruthObservation(gym.Wrapper):
         self.observation_space = spaces.Dict(
             {
                 "slots": spaces.Box(0.0, 1.0, (max_objects, 3 + len(SHAPE_NAMES)), np.float32),
-                "position": spaces.Box(np.array([-1.0, -1.0, 0.0, 0.0] * max_objects, np.float32).reshape(max_objects, 4), np.array([1.0, 1.0, inf, inf] * max_objects, np.float32).reshape(max_objects, 4), dtype=np.float32),
+                "position": spaces.Box(
+                    np.array([-1.0, -1.0, 0.0, 0.0] * max_objects, np.float32).reshape(max_objects, 4),
+                    np.array([1.0, 1.0, inf, inf] * max_objects, np.float32).reshape(max_objects, 4),
+                    dtype=np.float32,
+                ),
                 "presence": spaces.Box(0.0, 1.0, (max_objects,), np.float32),
             }
         )
@@ -54,7 +58,9 @@ class GroundTruthObservation(gym.Wrapper):
     def observation(self, info: dict[str, Any]) -> dict[str, np.ndarray]:
         truth = info.get(GROUND_TRUTH_KEY)
         if truth is None:
-            raise ValueError(f"the env gives no info[{GROUND_TRUTH_KEY!r}]; the ground-truth oracle works only with envs that report it (ocrl.envs)")
+            raise ValueError(
+                f"the env gives no info[{GROUND_TRUTH_KEY!r}]; the ground-truth oracle works only with envs that report it (ocrl.envs)"
+            )
         count = len(truth["object_shape"])
         if count > self.max_objects:
             raise ValueError(f"the env shows {count} objects but max_objects is {self.max_objects}")

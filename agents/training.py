@@ -59,7 +59,12 @@ OBSERVATIONS = ("slots", "pixels", "ground_truth")
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {"n_steps": 128, "batch_size": 512, "ent_coef": 0.01, "learning_rate": 1e-3},
     "sac": {"learning_starts": 1_000, "buffer_size": 100_000},
-    "dqn": {"learning_starts": 1_000, "buffer_size": 100_000, "exploration_fraction": 0.2, "target_update_interval": 1_000},
+    "dqn": {
+        "learning_starts": 1_000,
+        "buffer_size": 100_000,
+        "exploration_fraction": 0.2,
+        "target_update_interval": 1_000,
+    },
 }
 
 
@@ -119,7 +124,9 @@ def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.
     return make
 
 
-def make_vec_env(config: AgentConfig, num_envs: int = 1, seed: int = 0, device: str | torch.device | None = None) -> VecEnv:
+def make_vec_env(
+    config: AgentConfig, num_envs: int = 1, seed: int = 0, device: str | torch.device | None = None
+) -> VecEnv:
     """The vector env an agent of ``config`` acts in: sub-env i is seeded ``seed + i``."""
     venv = DummyVecEnv([_make_env(config, seed + index) for index in range(num_envs)])
     venv.seed(seed)
@@ -130,7 +137,9 @@ def make_vec_env(config: AgentConfig, num_envs: int = 1, seed: int = 0, device: 
     return venv
 
 
-def make_imagination_env(config: AgentConfig, num_envs: int = 64, seed: int = 0, device: str | torch.device | None = None) -> VecEnv:
+def make_imagination_env(
+    config: AgentConfig, num_envs: int = 64, seed: int = 0, device: str | torch.device | None = None
+) -> VecEnv:
     """The world model of ``config.imagination`` as a VecEnv, its episodes starting from first
     frames of the real env; checks that the model fits the agent's env and perception."""
     from ocrl.data.collect import describe_space
@@ -139,7 +148,9 @@ def make_imagination_env(config: AgentConfig, num_envs: int = 64, seed: int = 0,
     model = load_world_model(config.imagination, device=device)
     world = model.config
     if (config.perception or ocrl.DEFAULT_PERCEPTION) != world.perception:
-        raise OcrlError(f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {config.perception or ocrl.DEFAULT_PERCEPTION!r}; pass --perception {world.perception}")
+        raise OcrlError(
+            f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {config.perception or ocrl.DEFAULT_PERCEPTION!r}; pass --perception {world.perception}"
+        )
     if sorted(config.keys) != ["position", "presence", "slots"]:
         raise OcrlError(f"imagined observations hold slots, position and presence; the agent reads {config.keys}")
     env = ocrl.envs.make(config.env_id, **config.env_kwargs)
@@ -148,12 +159,18 @@ def make_imagination_env(config: AgentConfig, num_envs: int = 64, seed: int = 0,
     finally:
         env.close()
     if action_space != world.action_space:
-        raise OcrlError(f"{config.env_id} acts in {action_space}, the world model {config.imagination} in {world.action_space}")
-    starts = starts_from_env(model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=config.perception)
+        raise OcrlError(
+            f"{config.env_id} acts in {action_space}, the world model {config.imagination} in {world.action_space}"
+        )
+    starts = starts_from_env(
+        model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=config.perception
+    )
     return ImaginationVecEnv(model, starts, num_envs=num_envs, seed=seed)
 
 
-def _algorithm(config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "auto", tensorboard: str | None = None) -> BaseAlgorithm:
+def _algorithm(
+    config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "auto", tensorboard: str | None = None
+) -> BaseAlgorithm:
     kwargs = {**ALGORITHM_DEFAULTS[config.algo], **config.algo_kwargs}
     if config.observation == "pixels":
         policy = "CnnPolicy"
@@ -170,9 +187,13 @@ def _algorithm(config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "
     if config.algo == "ppo":
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
     try:
-        algorithm = ALGORITHMS[config.algo](policy, venv, seed=seed, device=device, tensorboard_log=tensorboard, verbose=0, **kwargs)
+        algorithm = ALGORITHMS[config.algo](
+            policy, venv, seed=seed, device=device, tensorboard_log=tensorboard, verbose=0, **kwargs
+        )
     except (AssertionError, ValueError, TypeError) as error:
-        raise OcrlError(f"{config.algo} cannot train on {config.env_id} with {config.observation} observations: {error}") from error
+        raise OcrlError(
+            f"{config.algo} cannot train on {config.env_id} with {config.observation} observations: {error}"
+        ) from error
     if tensorboard is None:
         algorithm.set_logger(Logger(folder=None, output_formats=[]))  # SB3 would log to a new /tmp folder per run
     return algorithm
@@ -192,7 +213,11 @@ register_model_kind("sb3_agent", AgentConfig, build_policy)
 
 def _optimizers(policy: torch.nn.Module) -> dict[str, torch.optim.Optimizer]:
     """Every optimizer in the policy (PPO/DQN: one; SAC: actor and critic), by module name."""
-    return {name or "policy": module.optimizer for name, module in policy.named_modules() if isinstance(getattr(module, "optimizer", None), torch.optim.Optimizer)}
+    return {
+        name or "policy": module.optimizer
+        for name, module in policy.named_modules()
+        if isinstance(getattr(module, "optimizer", None), torch.optim.Optimizer)
+    }
 
 
 class _Progress(BaseCallback):
@@ -229,7 +254,15 @@ class _Checkpoints(EvalCallback):
     the eval env is reseeded), one more row of the learning curve, then ``save()``. SB3's
     CheckpointCallback is not used: it writes pickled zips, which ocrl never loads."""
 
-    def __init__(self, eval_env: VecEnv, every: int, episodes: int, seed: int, rows: list[dict[str, float]], save: Callable[[], None]):
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        every: int,
+        episodes: int,
+        seed: int,
+        rows: list[dict[str, float]],
+        save: Callable[[], None],
+    ):
         super().__init__(eval_env, n_eval_episodes=episodes, eval_freq=1, verbose=0, warn=False)
         self.every, self.seed, self.rows, self.save = every, seed, rows, save
 
@@ -240,7 +273,14 @@ class _Checkpoints(EvalCallback):
         self.eval_env.seed(self.seed)
         keep_training = super()._on_step()  # evaluates; logs eval/success_rate to TensorBoard
         success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else math.nan
-        self.rows.append({"env_steps": steps, "success_rate": success, "mean_return": self.last_mean_reward, "episodes": self.n_eval_episodes})
+        self.rows.append(
+            {
+                "env_steps": steps,
+                "success_rate": success,
+                "mean_return": self.last_mean_reward,
+                "episodes": self.n_eval_episodes,
+            }
+        )
         self.save()
         return keep_training
 
@@ -295,11 +335,27 @@ def train_agent(
             rows = read_curve(out / CURVE_FILE)
 
     def save(metrics: dict[str, Any] | None = None) -> None:
-        trainer_state = {"num_timesteps": algorithm.num_timesteps, "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(algorithm.policy).items()}}
-        save_checkpoint(algorithm.policy, config, out, trainer_state=trainer_state, metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False}, training_config={"steps": steps, "num_envs": num_envs, "seed": seed}, extra_files={CURVE_FILE: _curve_csv(rows)})
+        trainer_state = {
+            "num_timesteps": algorithm.num_timesteps,
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in _optimizers(algorithm.policy).items()},
+        }
+        save_checkpoint(
+            algorithm.policy,
+            config,
+            out,
+            trainer_state=trainer_state,
+            metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False},
+            training_config={"steps": steps, "num_envs": num_envs, "seed": seed},
+            extra_files={CURVE_FILE: _curve_csv(rows)},
+        )
 
     eval_env = make_vec_env(config, min(8, eval_episodes), EVALUATION_SEED, device=perception_device)
-    callback = CallbackList([_Progress(steps, progress), _Checkpoints(eval_env, checkpoint_every, eval_episodes, EVALUATION_SEED, rows, save)])
+    callback = CallbackList(
+        [
+            _Progress(steps, progress),
+            _Checkpoints(eval_env, checkpoint_every, eval_episodes, EVALUATION_SEED, rows, save),
+        ]
+    )
     remaining = steps - algorithm.num_timesteps
     try:
         if remaining > 0:
@@ -310,12 +366,16 @@ def train_agent(
     finally:
         venv.close()
         eval_env.close()
-    metrics = evaluate_policy_in_env(algorithm.policy, config, eval_episodes, device=perception_device, progress=progress)
+    metrics = evaluate_policy_in_env(
+        algorithm.policy, config, eval_episodes, device=perception_device, progress=progress
+    )
     save({**metrics, "num_timesteps": algorithm.num_timesteps, "done": True})
     return metrics
 
 
-def load_agent(path: str | os.PathLike, device: str | torch.device | None = None) -> tuple[torch.nn.Module, AgentConfig]:
+def load_agent(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, AgentConfig]:
     """(SB3 policy in eval mode, its :class:`AgentConfig`) from an agent checkpoint directory."""
     policy, config = load_checkpoint(path, device=device)
     if not isinstance(config, AgentConfig):
@@ -349,7 +409,15 @@ def evaluate_policy_in_env(
             bar.update(1)
 
     try:
-        returns, lengths = evaluate_policy(policy, venv, n_eval_episodes=episodes, deterministic=deterministic, return_episode_rewards=True, callback=record, warn=False)
+        returns, lengths = evaluate_policy(
+            policy,
+            venv,
+            n_eval_episodes=episodes,
+            deterministic=deterministic,
+            return_episode_rewards=True,
+            callback=record,
+            warn=False,
+        )
     finally:
         bar.close()
         venv.close()
@@ -362,7 +430,14 @@ def evaluate_policy_in_env(
     }
 
 
-def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.PathLike, seed: int = EVALUATION_SEED, device: str | torch.device | None = None, scale: int = 3) -> dict[str, Any]:
+def record_episode(
+    policy: torch.nn.Module,
+    config: AgentConfig,
+    path: str | os.PathLike,
+    seed: int = EVALUATION_SEED,
+    device: str | torch.device | None = None,
+    scale: int = 3,
+) -> dict[str, Any]:
     """Play one episode and write it as a GIF; slot agents show frame | slot masks over it
     (each slot in its own colour, stable over time). Returns the episode's return and success."""
     from ocrl.viz import grid, save_gif, slot_colours
@@ -373,7 +448,9 @@ def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.
     else:
         env = ocrl.envs.make(config.env_id, **config.env_kwargs)
     if config.observation == "slots":
-        env = ObjectCentricObservation(env, config.perception, keys=(*config.keys, "masks"), keep_observation=True, device=device)
+        env = ObjectCentricObservation(
+            env, config.perception, keys=(*config.keys, "masks"), keep_observation=True, device=device
+        )
     elif config.observation == "ground_truth":
         env = GroundTruthObservation(env)
     observation, info = env.reset(seed=seed)
@@ -382,14 +459,25 @@ def record_episode(policy: torch.nn.Module, config: AgentConfig, path: str | os.
         if config.observation == "slots":
             frame = observation["observation"]
             resolution = observation["masks"].shape[-1]
-            small = (prepare_frames(frame[None], resolution, "cpu", resize=True)[0].movedim(0, -1) * 255).round().byte().numpy()
-            overlay = (0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]).astype(np.uint8)
+            small = (
+                (prepare_frames(frame[None], resolution, "cpu", resize=True)[0].movedim(0, -1) * 255)
+                .round()
+                .byte()
+                .numpy()
+            )
+            overlay = (
+                0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]
+            ).astype(np.uint8)
             pictures.append(grid([[small, overlay]], scale=scale))
             acted = {key: observation[key][None] for key in config.keys}
         else:
             frame = env.render() if config.observation == "ground_truth" else observation
             pictures.append(grid([[frame]], scale=scale))
-            acted = {key: value[None] for key, value in observation.items()} if isinstance(observation, dict) else observation[None]
+            acted = (
+                {key: value[None] for key, value in observation.items()}
+                if isinstance(observation, dict)
+                else observation[None]
+            )
         if done:
             break
         action, _ = policy.predict(acted, deterministic=True)

@@ -32,9 +32,15 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
     out = args.out / env_id.replace("/", "_") / f"{observation}-{seed}"
     metrics = load_metrics(out) if (out / "metrics.json").exists() else None
     if metrics is None or not metrics.get("done"):
-        kwargs = {"env_kwargs": json.loads(args.env_kwargs or "{}"), "algo_kwargs": json.loads(args.algo_kwargs or "{}"), "extractor": args.extractor}
+        kwargs = {
+            "env_kwargs": json.loads(args.env_kwargs or "{}"),
+            "algo_kwargs": json.loads(args.algo_kwargs or "{}"),
+            "extractor": args.extractor,
+        }
         if observation == "imagination":
-            config = AgentConfig(env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()), **kwargs)
+            config = AgentConfig(
+                env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()), **kwargs
+            )
         else:
             config = AgentConfig(env_id=env_id, observation=observation, **kwargs)
         started = time.perf_counter()
@@ -95,15 +101,21 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=20_000, help="env steps between evaluations (points of the curve)")
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--env-kwargs", help="JSON options of the env, e.g. '{\"colours\": \"ood\"}'")
-    parser.add_argument("--extractor", default="relation", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)")
-    parser.add_argument("--algo-kwargs", help="JSON over the PPO defaults of ocrl train-agent, e.g. '{\"batch_size\": 512}'")
+    parser.add_argument("--env-kwargs", help='JSON options of the env, e.g. \'{"colours": "ood"}\'')
+    parser.add_argument(
+        "--extractor", default="relation", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)"
+    )
+    parser.add_argument(
+        "--algo-kwargs", help="JSON over the PPO defaults of ocrl train-agent, e.g. '{\"batch_size\": 512}'"
+    )
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if "imagination" in args.observations and not args.imagination:
         parser.error("observation 'imagination' needs --imagination WORLD_MODEL")
-    print("| env | observation | seeds | final success (mean ± std over seeds) | return | steps |\n|---|---|---|---|---|---|")
+    print(
+        "| env | observation | seeds | final success (mean ± std over seeds) | return | steps |\n|---|---|---|---|---|---|"
+    )
     for env_id in args.env:
         curves: dict[str, list[list[dict[str, float]]]] = {}
         for observation in args.observations:
@@ -111,7 +123,10 @@ def main() -> None:
             curves[observation] = [read_curve(out / CURVE_FILE) for out in outs]
             finals = [load_metrics(out) for out in outs]
             success = np.array([metrics["success_rate"] for metrics in finals])
-            print(f"| {env_id} | {observation} | {len(outs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([m['mean_return'] for m in finals]):.2f} | {finals[0]['num_timesteps']} |", flush=True)
+            print(
+                f"| {env_id} | {observation} | {len(outs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([m['mean_return'] for m in finals]):.2f} | {finals[0]['num_timesteps']} |",
+                flush=True,
+            )
         random = random_success(env_id, json.loads(args.env_kwargs or "{}"), args.episodes)
         print(f"| {env_id} | random policy | - | {random:.2f} | {random:.2f} | - |", flush=True)
         plot(env_id, curves, random, args.out / f"{env_id.replace('/', '_')}.png")

@@ -62,15 +62,25 @@ def main() -> None:
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0")
     parser.add_argument("--steps", type=int, default=16_384, help="timed PPO steps per observation kind")
     parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--memory-steps", type=int, default=0, help="also trace RSS over this many wrapped vector-env steps")
+    parser.add_argument(
+        "--memory-steps", type=int, default=0, help="also trace RSS over this many wrapped vector-env steps"
+    )
     args = parser.parse_args()
     if args.steps:
-        rates = {observation: round(ppo_rate(observation, args.env, args.steps, args.num_envs), 1) for observation in ("slots", "pixels")}
+        rates = {
+            observation: round(ppo_rate(observation, args.env, args.steps, args.num_envs), 1)
+            for observation in ("slots", "pixels")
+        }
         rates["ratio_slots_to_pixels"] = round(rates["slots"] / rates["pixels"], 2)
         print(json.dumps({"env": args.env, "num_envs": args.num_envs, "ppo_env_steps_per_second": rates}, indent=2))
     if args.memory_steps:
         trace = memory_trace(args.env, args.memory_steps, args.num_envs)
-        print(json.dumps({"rss_mb_by_step": trace, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, indent=2))
+        print(
+            json.dumps(
+                {"rss_mb_by_step": trace, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

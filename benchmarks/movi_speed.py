@@ -50,8 +50,16 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
 def full_schema(video: dict, rng: np.random.Generator) -> dict:
     """A read video back in stored form, with flow, normals and object coordinates added."""
     frames, height, width = video["video"].shape[:3]
-    stored = {key: video[key] for key in ("video", "segmentations", "camera", "background", "forward_flow", "backward_flow") if key in video}
-    stored["metadata"] = {"forward_flow_range": np.array([-8.0, 8.0], np.float32), "backward_flow_range": np.array([-8.0, 8.0], np.float32), **video["metadata"]}
+    stored = {
+        key: video[key]
+        for key in ("video", "segmentations", "camera", "background", "forward_flow", "backward_flow")
+        if key in video
+    }
+    stored["metadata"] = {
+        "forward_flow_range": np.array([-8.0, 8.0], np.float32),
+        "backward_flow_range": np.array([-8.0, 8.0], np.float32),
+        **video["metadata"],
+    }
     stored["depth"] = video["depth"]  # float metres; encoding rescales into depth_range again
     instances = dict(video["instances"])
     boxes, has_box = instances.pop("bboxes"), instances.pop("has_bbox")
@@ -85,7 +93,9 @@ def main() -> None:
     generated = work / "generated"
     shutil.rmtree(generated, ignore_errors=True)
     started = time.perf_counter()
-    generate_movi(generated, args.videos, GeneratorConfig(resolution=args.resolution), seed=0, videos_per_shard=16, progress=False)
+    generate_movi(
+        generated, args.videos, GeneratorConfig(resolution=args.resolution), seed=0, videos_per_shard=16, progress=False
+    )
     result["generate_videos_per_s"] = round(args.videos / (time.perf_counter() - started), 2)
 
     full = work / "full_schema"
@@ -94,7 +104,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     videos = [full_schema(video, rng) for video in read_movi(generated)]
     for shard in range(0, len(videos), 16):
-        write_movi_shard(full / f"movi_c-train.tfrecord-{shard // 16:05d}-of-{-(-len(videos) // 16):05d}", videos[shard : shard + 16])
+        write_movi_shard(
+            full / f"movi_c-train.tfrecord-{shard // 16:05d}-of-{-(-len(videos) // 16):05d}", videos[shard : shard + 16]
+        )
 
     data = np.random.default_rng(1).integers(0, 256, 10 << 20, dtype=np.uint8).tobytes()  # about one full-schema record
     seconds = []
@@ -118,7 +130,9 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
         convert_movi(full, out, workers=workers, progress=False)
-        result[f"convert_full_schema_workers_{workers}_videos_per_s"] = round(args.videos / (time.perf_counter() - started), 2)
+        result[f"convert_full_schema_workers_{workers}_videos_per_s"] = round(
+            args.videos / (time.perf_counter() - started), 2
+        )
     text = json.dumps(result, indent=1)
     (work / "movi_speed.json").write_text(text + "\n")
     print(text)

@@ -44,7 +44,13 @@ def copy_tree(work: Path, revision: str | None) -> Path:
         archive = subprocess.run(["git", "archive", revision], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
     else:
-        files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
+        files = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         for name in files:
             if (ROOT / name).is_file():
                 (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +81,9 @@ def sample(session: Path, module: Path, count: int, seed: int) -> int:
     returns how many such mutants there were."""
     spans = annotation_spans(module)
     with sqlite3.connect(session) as database:
-        everything = database.execute("select job_id, operator_name, occurrence, start_pos_row, start_pos_col from mutation_specs").fetchall()
+        everything = database.execute(
+            "select job_id, operator_name, occurrence, start_pos_row, start_pos_col from mutation_specs"
+        ).fetchall()
         rows = [row for row in everything if not any(start <= (row[3], row[4]) < end for start, end in spans)]
         rows.sort(key=lambda row: row[1:])  # job ids are random; the mutations are not
         kept = {row[0] for row in random.Random(seed).sample(rows, min(count, len(rows)))}
@@ -91,7 +99,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ocrl-mutation"))
     parser.add_argument("--modules", nargs="+", default=list(MODULES), choices=list(MODULES))
-    parser.add_argument("--revision", help="a git revision to test instead of the working tree (e.g. to score the tests of before a change)")
+    parser.add_argument(
+        "--revision",
+        help="a git revision to test instead of the working tree (e.g. to score the tests of before a change)",
+    )
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)

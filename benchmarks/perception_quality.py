@@ -59,11 +59,21 @@ def main() -> None:
             rate = round(step_rate(model, batch_size=8), 1)
             for test in args.test:
                 scores = evaluate_perception(model, test, num_frames=args.frames, progress=False)
-                results[f"{name} on {scores['env_id']}"] = {"model": name, "train_seconds": round(train_seconds, 1), "steps": args.steps, "next_frame_per_second": rate, **scores}
+                results[f"{name} on {scores['env_id']}"] = {
+                    "model": name,
+                    "train_seconds": round(train_seconds, 1),
+                    "steps": args.steps,
+                    "next_frame_per_second": rate,
+                    **scores,
+                }
         write_atomically(args.out / "results.json", lambda file: file.write(json.dumps(results, indent=2).encode()))
-    print("| model | held-out env | steps | train s | video FG-ARI | frame FG-ARI | mIoU | mBO | next-frame step frames/s |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | held-out env | steps | train s | video FG-ARI | frame FG-ARI | mIoU | mBO | next-frame step frames/s |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for r in results.values():
-        print(f"| {r['model']} | {r['env_id']} | {r['steps']} | {r['train_seconds']:.0f} | {r['fg_ari']:.3f} | {r['fg_ari_frame']:.3f} | {r['miou']:.3f} | {r['mbo']:.3f} | {r['next_frame_per_second']:.0f} |")
+        print(
+            f"| {r['model']} | {r['env_id']} | {r['steps']} | {r['train_seconds']:.0f} | {r['fg_ari']:.3f} | {r['fg_ari_frame']:.3f} | {r['miou']:.3f} | {r['mbo']:.3f} | {r['next_frame_per_second']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,22 @@ def main() -> None:
     parser.add_argument("--real-envs", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    model = load_world_model(args.world_model, device="cpu") if args.world_model else SlotWorldModel(WorldModelConfig(perception=ocrl.DEFAULT_PERCEPTION, env_id=args.env)).eval()
+    model = (
+        load_world_model(args.world_model, device="cpu")
+        if args.world_model
+        else SlotWorldModel(WorldModelConfig(perception=ocrl.DEFAULT_PERCEPTION, env_id=args.env)).eval()
+    )
     imagined = ImaginationVecEnv(model, starts_from_env(model, 64), num_envs=args.imagined_envs)
-    real = {count: make_vec_env(AgentConfig(env_id=args.env, perception=model.config.perception), count, device="cpu") for count in args.real_envs}
+    real = {
+        count: make_vec_env(AgentConfig(env_id=args.env, perception=model.config.perception), count, device="cpu")
+        for count in args.real_envs
+    }
     rates: dict[str, list[float]] = {}
     for repeat in range(args.repeats + 1):
-        for name, venv in [(f"imagined_{args.imagined_envs}_envs", imagined), *((f"real_{count}_envs", venv) for count, venv in real.items())]:
+        for name, venv in [
+            (f"imagined_{args.imagined_envs}_envs", imagined),
+            *((f"real_{count}_envs", venv) for count, venv in real.items()),
+        ]:
             measured = rate(venv, args.steps if repeat else args.steps // 10, seed=repeat)
             if repeat:  # repeat 0 is the warm-up
                 rates.setdefault(name, []).append(round(measured, 1))
@@ -59,7 +69,11 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "rates": rates,
         "best": best,
-        "ratios": {f"imagined / {name}": round(imagined_rate / value, 2) for name, value in best.items() if name.startswith("real")},
+        "ratios": {
+            f"imagined / {name}": round(imagined_rate / value, 2)
+            for name, value in best.items()
+            if name.startswith("real")
+        },
     }
     print(json.dumps(result, indent=2))
 

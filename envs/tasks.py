@@ -290,7 +290,9 @@ class ObjectInteractionEnv(SpriteTaskEnv):
                 continue
             x, y = pushed.x + delta[0], pushed.y + delta[1]
             blocked = self._clamp(pushed, x, y) != (x, y) or any(
-                other is not pushed and other is not self.goal and self._touching(Sprite(x, y, pushed.size, "", 0, 0), other)
+                other is not pushed
+                and other is not self.goal
+                and self._touching(Sprite(x, y, pushed.size, "", 0, 0), other)
                 for other in self.objects
             )
             if blocked:
@@ -325,7 +327,12 @@ class ObjectComparisonEnv(_TouchTask):
         size = float(self.np_random.uniform(*self.size_range))
         self.target = int(self.np_random.integers(self.num_objects))
         self.objects = [
-            self._sprite(odd_colour if i == self.target else colour, odd_shape if i == self.target else shape, size, 0.2 + 0.1 * i)
+            self._sprite(
+                odd_colour if i == self.target else colour,
+                odd_shape if i == self.target else shape,
+                size,
+                0.2 + 0.1 * i,
+            )
             for i in range(self.num_objects)
         ]
 

@@ -44,8 +44,12 @@ def main() -> None:
     held_out = collect(args.env, 8, out / "rollouts-test", seed=1_000_000)
     episode = store.episode(0)
     masks = episode.ground_truth(0, 10)["masks"]
-    print(f"{len(store)} episodes, {store.num_frames} frames; objects visible per frame: {[len(np.unique(m)) - 1 for m in masks]}")
-    print(f"frames over ground-truth masks: {save_png(frame_strip(episode.frames(0, 10), masks), out / 'rollout_strip.png')}")
+    print(
+        f"{len(store)} episodes, {store.num_frames} frames; objects visible per frame: {[len(np.unique(m)) - 1 for m in masks]}"
+    )
+    print(
+        f"frames over ground-truth masks: {save_png(frame_strip(episode.frames(0, 10), masks), out / 'rollout_strip.png')}"
+    )
 
     print(f"\n== 2. the shipped perception model {ocrl.DEFAULT_PERCEPTION!r} on held-out episodes")
     model = ocrl.load_perception(ocrl.DEFAULT_PERCEPTION)
@@ -53,14 +57,24 @@ def main() -> None:
     print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in scores.items()}))
     frames = held_out.episode(0).frames(0, 12)
     encoded = encode_video(model, frames[None])
-    shown = (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    png, gif = save_perception_pictures(shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), out / "perception")
+    shown = (
+        (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255)
+        .round()
+        .astype("uint8")
+    )
+    png, gif = save_perception_pictures(
+        shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), out / "perception"
+    )
     print(f"what it sees: {png} and {gif}")
 
-    print(f"\n== 3. pretrain a perception model for {args.pretrain_steps} steps (a real run is 'ocrl pretrain --config quick', ~27 min)")
+    print(
+        f"\n== 3. pretrain a perception model for {args.pretrain_steps} steps (a real run is 'ocrl pretrain --config quick', ~27 min)"
+    )
     pretrain(store.path, out / "perception-checkpoint", family="smoothsa", steps=args.pretrain_steps)
 
-    print(f"\n== 4. PPO on slot codes of {args.agent_env} for {args.agent_steps} steps (benchmarks/RESULTS.md has longer runs)")
+    print(
+        f"\n== 4. PPO on slot codes of {args.agent_env} for {args.agent_steps} steps (benchmarks/RESULTS.md has longer runs)"
+    )
     metrics = train_agent(AgentConfig(env_id=args.agent_env), out / "agent", steps=args.agent_steps, eval_episodes=20)
     print(json.dumps(metrics))
     print(f"\nall outputs in {out}/; evaluate again with: ocrl eval-agent {out / 'agent'} --video {out / 'agent.gif'}")

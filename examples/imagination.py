@@ -29,11 +29,21 @@ def main() -> None:
     config = world_model.config
     # imagined episodes start from the codes of 256 real first frames (perception: the world model's own)
     dream = ImaginationVecEnv(world_model, starts_from_env(world_model, count=256), num_envs=8)
-    agent = PPO("MultiInputPolicy", dream, n_steps=256, batch_size=256, ent_coef=0.01, policy_kwargs={"features_extractor_class": SlotSetExtractor}, seed=0)
+    agent = PPO(
+        "MultiInputPolicy",
+        dream,
+        n_steps=256,
+        batch_size=256,
+        ent_coef=0.01,
+        policy_kwargs={"features_extractor_class": SlotSetExtractor},
+        seed=0,
+    )
     agent.learn(args.steps, progress_bar=False)
 
     # the same policy acts in the real env: its observations are the same slot codes
-    real = ObjectCentricVecEnv(DummyVecEnv([lambda: ocrl.envs.make(config.env_id, **config.env_kwargs)] * 8), model=config.perception)
+    real = ObjectCentricVecEnv(
+        DummyVecEnv([lambda: ocrl.envs.make(config.env_id, **config.env_kwargs)] * 8), model=config.perception
+    )
     real.seed(1_000_000)
     observation, successes, episodes = real.reset(), 0, 0
     while episodes < 50:

@@ -41,10 +41,14 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
         path = MODELS_DIRECTORY / str(name_or_path)
     elif not path.exists():
         known = ", ".join(shipped_models()) or "none"
-        raise CheckpointError(f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})")
+        raise CheckpointError(
+            f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})"
+        )
     _, header = read_checkpoint_config(path)
     if header["model_kind"] != "video_slot_model":
-        raise CheckpointError(f"{path} holds a {header['model_kind']} checkpoint, not a perception model (ocrl.load loads any kind)")
+        raise CheckpointError(
+            f"{path} holds a {header['model_kind']} checkpoint, not a perception model (ocrl.load loads any kind)"
+        )
     return load(path, device=device)
 
 

@@ -84,8 +84,12 @@ class ModelKind:
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind
     for kind in (
-        ModelKind("video_slot_model", "ocrl.perception.config:PerceptionConfig", "ocrl.perception.build:build_perception"),
-        ModelKind("slot_world_model", "ocrl.world_models.model:WorldModelConfig", "ocrl.world_models.model:build_world_model"),
+        ModelKind(
+            "video_slot_model", "ocrl.perception.config:PerceptionConfig", "ocrl.perception.build:build_perception"
+        ),
+        ModelKind(
+            "slot_world_model", "ocrl.world_models.model:WorldModelConfig", "ocrl.world_models.model:build_world_model"
+        ),
         ModelKind("sb3_agent", "ocrl.agents.training:AgentConfig", "ocrl.agents.training:build_policy"),
     )
 }
@@ -93,7 +97,9 @@ MODEL_KINDS: dict[str, ModelKind] = {
 
 def register_model_kind(name: str, config_class: type, build: Callable[[Any], nn.Module]) -> None:
     """Make checkpoints of a model kind outside ocrl loadable (ocrl's own are in :data:`MODEL_KINDS`)."""
-    kind = ModelKind(name, f"{config_class.__module__}:{config_class.__qualname__}", f"{build.__module__}:{build.__qualname__}")
+    kind = ModelKind(
+        name, f"{config_class.__module__}:{config_class.__qualname__}", f"{build.__module__}:{build.__qualname__}"
+    )
     if MODEL_KINDS.get(name, kind) != kind:
         raise ValueError(f"model kind {name!r} is already taken by {MODEL_KINDS[name].config}")
     MODEL_KINDS[name] = kind
@@ -144,8 +150,15 @@ def _encode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
         if all(isinstance(key, str) and not key.startswith("__") for key in value):
             return {key: _encode(item, tensors, f"{where}.{key}") for key, item in value.items()}
         # non-string keys (optimizer state is keyed by parameter index) keep their type this way
-        return {"__dict__": [[_encode(key, tensors, where), _encode(item, tensors, f"{where}[{key!r}]")] for key, item in value.items()]}
-    raise CheckpointError(f"{where}: cannot store a {type(value).__name__} without pickle (use tensors, numbers, strings, lists, tuples, dicts)")
+        return {
+            "__dict__": [
+                [_encode(key, tensors, where), _encode(item, tensors, f"{where}[{key!r}]")]
+                for key, item in value.items()
+            ]
+        }
+    raise CheckpointError(
+        f"{where}: cannot store a {type(value).__name__} without pickle (use tensors, numbers, strings, lists, tuples, dicts)"
+    )
 
 
 def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -219,7 +232,9 @@ def save_checkpoint(
             raise CheckpointError(f"cannot save a checkpoint to {directory}: it is a file")
         foreign = foreign_files(directory)
         if foreign:
-            raise CheckpointError(f"refusing to replace {directory}: it holds files that are not part of a checkpoint ({', '.join(foreign[:5])})")
+            raise CheckpointError(
+                f"refusing to replace {directory}: it holds files that are not part of a checkpoint ({', '.join(foreign[:5])})"
+            )
     directory.parent.mkdir(parents=True, exist_ok=True)
 
     header = {
@@ -234,14 +249,20 @@ def save_checkpoint(
     try:
         config_text = json.dumps(header, indent=2) + "\n"
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"cannot save a checkpoint to {directory}: the config is not JSON-able: {error}") from error
+        raise CheckpointError(
+            f"cannot save a checkpoint to {directory}: the config is not JSON-able: {error}"
+        ) from error
 
     temporary = temporary_directory(directory.parent, prefix=f".{directory.name}.tmp-")
     try:
         # cloned: modules shared under several names (SB3's features extractors) share storage,
         # which safetensors refuses; each name gets its own copy and loads back the same
         weights = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
-        files = {WEIGHTS_FILE: safetensors.torch.save(weights, metadata={"format": "pt", "library_version": header["library_version"]})}
+        files = {
+            WEIGHTS_FILE: safetensors.torch.save(
+                weights, metadata={"format": "pt", "library_version": header["library_version"]}
+            )
+        }
         if trainer_state is not None:
             tensors: dict[str, torch.Tensor] = {}
             skeleton = _encode(trainer_state, tensors, "trainer_state")
@@ -256,7 +277,12 @@ def save_checkpoint(
         if metrics is not None:
             _write_json(temporary / METRICS_FILE, _as_json_dict(metrics))
         # safetensors has no checksum of its own: a flipped bit in the weights would load silently
-        config_text = json.dumps({**header, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}, indent=2) + "\n"
+        config_text = (
+            json.dumps(
+                {**header, "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}, indent=2
+            )
+            + "\n"
+        )
         # config.json last: a directory with a config.json is a complete checkpoint
         _write_bytes(temporary / CONFIG_FILE, config_text.encode())
         fsync_directory(temporary)
@@ -285,7 +311,9 @@ def _check_directory(directory: Path) -> None:
         hint = f" (an interrupted save left the previous checkpoint at {leftovers[0]})" if leftovers else ""
         raise CheckpointError(f"{directory} is not a checkpoint: it does not exist{hint}")
     if not directory.is_dir():
-        raise CheckpointError(f"{directory} is not a checkpoint: it is a file, expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise CheckpointError(
+            f"{directory} is not a checkpoint: it is a file, expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE}"
+        )
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(f"{directory} is not a checkpoint: it lacks {' and '.join(missing)}")
@@ -301,13 +329,17 @@ def read_checkpoint_config(directory: str | os.PathLike) -> tuple[Any, dict[str,
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an ocrl checkpoint config (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{path} is not an ocrl checkpoint config (expected "format": "{FORMAT}")')
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {version!r}; this ocrl ({library_version()}) reads up to {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has format_version {version!r}; this ocrl ({library_version()}) reads up to {FORMAT_VERSION}"
+        )
     kind = MODEL_KINDS.get(header.get("model_kind"))
     if kind is None:
-        raise CheckpointError(f"{path}: unknown model_kind {header.get('model_kind')!r}; known: {', '.join(sorted(MODEL_KINDS))}")
+        raise CheckpointError(
+            f"{path}: unknown model_kind {header.get('model_kind')!r}; known: {', '.join(sorted(MODEL_KINDS))}"
+        )
     try:
         config = kind.config_class.from_dict(header.get("model"))
     except (ValueError, TypeError) as error:
@@ -327,7 +359,11 @@ def _describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch
     problems = []
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    shapes = [f"{name} {tuple(found[name].shape)} vs {tuple(expected[name].shape)}" for name in sorted(set(expected) & set(found)) if found[name].shape != expected[name].shape]
+    shapes = [
+        f"{name} {tuple(found[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in sorted(set(expected) & set(found))
+        if found[name].shape != expected[name].shape
+    ]
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch (file vs config)", shapes)):
         if items:
             more = f", ... ({len(items)} in all)" if len(items) > 5 else ""
@@ -348,7 +384,9 @@ def _read_checked(directory: Path, name: str) -> bytes:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         expected = None  # read_checkpoint_config reports a bad config.json
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise CheckpointError(f"{path} is corrupt: its SHA-256 differs from the one recorded in {directory / CONFIG_FILE}")
+        raise CheckpointError(
+            f"{path} is corrupt: its SHA-256 differs from the one recorded in {directory / CONFIG_FILE}"
+        )
     return data
 
 

@@ -52,7 +52,11 @@ def _convert(hint, value: Any, where: str):
         origin = typing.get_origin(option) or option
         if origin in (list, tuple) and isinstance(value, (list, tuple)):
             item_hint = (typing.get_args(option) or (Any,))[0]
-            return origin(value if item_hint is Any else [_convert(item_hint, item, f"{where}[{index}]") for index, item in enumerate(value)])
+            return origin(
+                value
+                if item_hint is Any
+                else [_convert(item_hint, item, f"{where}[{index}]") for index, item in enumerate(value)]
+            )
         if origin is dict and isinstance(value, Mapping):
             return dict(value)
         if option is bool and isinstance(value, bool):

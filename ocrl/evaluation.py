@@ -43,7 +43,11 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
         inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
         _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         decoded = model.decode(state.slots)  # once, for both masks and reconstruction
-        output = {"masks": decoded.masks.float().cpu(), "reconstructions": decoded.reconstruction.float().clamp(0, 1).cpu(), "slots": state.slots.float().cpu()}
+        output = {
+            "masks": decoded.masks.float().cpu(),
+            "reconstructions": decoded.reconstruction.float().clamp(0, 1).cpu(),
+            "slots": state.slots.float().cpu(),
+        }
         return output, state
 
     outputs, _ = scan(step, model.init_state(batch), range(length))
@@ -78,12 +82,20 @@ def evaluate_perception(
     for begin in tqdm(range(0, len(chosen), batch_size), desc="evaluate", unit="batch", disable=not progress):
         episodes = [store.episode(i) for i in chosen[begin : begin + batch_size]]
         frames = np.stack([episode.frames(0, num_frames) for episode in episodes])
-        truth = torch.from_numpy(np.stack([episode.ground_truth(0, num_frames, keys=["masks"])["masks"] for episode in episodes]))
-        conditions = np.stack([episode_conditions(store, i, 0, model.num_slots) for i in chosen[begin : begin + batch_size]]) if conditional else None
+        truth = torch.from_numpy(
+            np.stack([episode.ground_truth(0, num_frames, keys=["masks"])["masks"] for episode in episodes])
+        )
+        conditions = (
+            np.stack([episode_conditions(store, i, 0, model.num_slots) for i in chosen[begin : begin + batch_size]])
+            if conditional
+            else None
+        )
         masks = encode_video(model, frames, conditions)["masks"]
         height, width = truth.shape[-2:]
         if masks.shape[-2:] != (height, width):
-            masks = F.interpolate(masks.flatten(0, 1), size=(height, width), mode="bilinear").unflatten(0, masks.shape[:2])
+            masks = F.interpolate(masks.flatten(0, 1), size=(height, width), mode="bilinear").unflatten(
+                0, masks.shape[:2]
+            )
         scores["fg_ari"].append(metrics.fg_ari(truth, masks, video=True))
         scores["fg_ari_frame"].append(metrics.fg_ari(truth, masks, video=False))
         scores["miou"].append(metrics.miou(truth, masks, video=True))

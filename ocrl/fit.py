@@ -79,7 +79,9 @@ def start_process(device: str | torch.device | None = None) -> Process:
     return Process(distributed.get_rank(), world_size, device)
 
 
-def resume_or_build(out: Path, config: Any, build: Callable[[Any], nn.Module], device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+def resume_or_build(
+    out: Path, config: Any, build: Callable[[Any], nn.Module], device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model and trainer state of the checkpoint in ``out`` if it holds one of this exact
     config, a fresh ``build(config)`` and ``{}`` if ``out`` holds none; an error if it holds
     another model (a new run must not silently overwrite it)."""
@@ -137,21 +139,36 @@ def fit(
         torch.set_rng_state(state["torch_rng"].cpu())
     history: list[float] = list(state.get("loss_history", []))
     last_terms: dict[str, float] = {}
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda index: learning_rate_factor(index, training), last_epoch=step - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda index: learning_rate_factor(index, training), last_epoch=step - 1
+    )
     forward = torch.nn.parallel.DistributedDataParallel(model) if process.world_size > 1 else model
     groups = gradient_groups or [list(model.parameters())]
     device = process.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and torch.cuda.is_bf16_supported() else nullcontext()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else nullcontext()
+    )
     writer = _tensorboard_writer(tensorboard) if process.rank == 0 else None
 
     def save(final: bool = False) -> None:
         if process.rank != 0:
             return
-        trainer_state = {"optimizer": optimizer.state_dict(), "step": step, "loss_history": history, "torch_rng": torch.get_rng_state()}
+        trainer_state = {
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "loss_history": history,
+            "torch_rng": torch.get_rng_state(),
+        }
         metrics = {"step": step, "loss": history[-1] if history else None, "terms": last_terms, "done": final}
-        save_checkpoint(model, config, out, trainer_state=trainer_state, metrics=metrics, training_config=training_record)
+        save_checkpoint(
+            model, config, out, trainer_state=trainer_state, metrics=metrics, training_config=training_record
+        )
 
-    bar = tqdm(total=training.steps, initial=step, desc=description, unit="step", disable=not progress or process.rank != 0)
+    bar = tqdm(
+        total=training.steps, initial=step, desc=description, unit="step", disable=not progress or process.rank != 0
+    )
     started = time.perf_counter()
     try:
         iterator = iter(batches(step))
@@ -163,7 +180,9 @@ def fit(
             with autocast:
                 loss, terms = loss_function(forward, batch, step)
             if not torch.isfinite(loss):
-                raise OcrlError(f"loss became {loss.item()} at step {step}; lower the learning rate (the checkpoint of step {step} is in {out})")
+                raise OcrlError(
+                    f"loss became {loss.item()} at step {step}; lower the learning rate (the checkpoint of step {step} is in {out})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in groups:

@@ -98,24 +98,18 @@ def segment_ids(true_ids: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """
     if not isinstance(true_ids, torch.Tensor) or not isinstance(pred, torch.Tensor):
         raise TypeError(
-            "true_ids and pred must be torch tensors, "
-            f"got {type(true_ids).__name__} and {type(pred).__name__}"
+            f"true_ids and pred must be torch tensors, got {type(true_ids).__name__} and {type(pred).__name__}"
         )
     if true_ids.dtype.is_floating_point or true_ids.dtype.is_complex or true_ids.dtype == torch.bool:
-        raise TypeError(
-            f"true_ids must hold integer instance ids (0 = background), got dtype {true_ids.dtype}"
-        )
+        raise TypeError(f"true_ids must hold integer instance ids (0 = background), got dtype {true_ids.dtype}")
     if true_ids.ndim not in (3, 4):
         raise ValueError(
-            "true_ids must be (B, T, H, W) for videos or (B, H, W) for images, "
-            f"got shape {tuple(true_ids.shape)}"
+            f"true_ids must be (B, T, H, W) for videos or (B, H, W) for images, got shape {tuple(true_ids.shape)}"
         )
     if true_ids.numel() and int(true_ids.min()) < 0:
         raise ValueError("true_ids must be >= 0 (0 = background), found a negative id")
     if pred.device != true_ids.device:
-        raise ValueError(
-            f"true_ids and pred are on different devices: {true_ids.device} and {pred.device}"
-        )
+        raise ValueError(f"true_ids and pred are on different devices: {true_ids.device} and {pred.device}")
     if pred.dtype.is_complex:
         raise TypeError(f"pred must be integer ids or real masks, got dtype {pred.dtype}")
 
@@ -143,9 +137,7 @@ def segment_ids(true_ids: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def _grouped(
-    true_ids: torch.Tensor, pred: torch.Tensor, video: bool
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _grouped(true_ids: torch.Tensor, pred: torch.Tensor, video: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(G, N) true and predicted ids, one row per video (or per frame), and frames per sample."""
     pred_ids = segment_ids(true_ids, pred)
     batch = true_ids.shape[0]

@@ -34,9 +34,13 @@ def check_device(device) -> None:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build of torch" if torch.version.cuda is None else "no CUDA device is visible"
-            raise OcrlError(f"--device {device}: CUDA is not available here ({build}, torch {torch.__version__}); use --device cpu")
+            raise OcrlError(
+                f"--device {device}: CUDA is not available here ({build}, torch {torch.__version__}); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OcrlError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise OcrlError(
+                f"--device {device}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise OcrlError(f"--device {device}: MPS is not available here; use --device cpu")
 
@@ -63,7 +67,9 @@ def check_checkpoint_output(path: str | os.PathLike) -> None:
             raise OcrlError(f"--out {path} is a file; a checkpoint is a directory")
         foreign = foreign_files(path)
         if foreign:
-            raise OcrlError(f"--out {path} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}); pass another --out")
+            raise OcrlError(
+                f"--out {path} holds files that are not part of a checkpoint ({', '.join(foreign[:5])}); pass another --out"
+            )
         if not os.access(path, os.W_OK | os.X_OK):
             raise OcrlError(f"cannot write {path}: it is not writable")
     _writable_place(path)
@@ -97,7 +103,9 @@ def check_store_input(path: str | os.PathLike, actions: bool = False):
     if len(store) == 0:
         raise OcrlError(f"{path} holds no episodes; collect some first (ocrl collect ... --out {path})")
     if actions and not has_actions(store.header):
-        raise OcrlError(f"{path} has no actions (its episodes are videos, e.g. converted MOVi); world models need a store from 'ocrl collect'")
+        raise OcrlError(
+            f"{path} has no actions (its episodes are videos, e.g. converted MOVi); world models need a store from 'ocrl collect'"
+        )
     return store
 
 

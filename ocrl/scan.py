@@ -15,7 +15,9 @@ import torch
 from ocrl.slots import SlotCodes
 
 
-def scan(cell: Callable[[Any, Any], tuple[Any, Any]], state: Any, inputs: Iterable[Any], dim: int = 1) -> tuple[Any, Any]:
+def scan(
+    cell: Callable[[Any, Any], tuple[Any, Any]], state: Any, inputs: Iterable[Any], dim: int = 1
+) -> tuple[Any, Any]:
     """Run ``cell`` over ``inputs`` (one per step) from ``state``; returns (stacked outputs, last state)."""
     outputs = []
     for step_input in inputs:

@@ -57,9 +57,13 @@ class SlotCodes:
     def __post_init__(self) -> None:
         batch_and_slots = tuple(self.slots.shape[:-1])
         if self.position.shape != (*batch_and_slots, 4):
-            raise ValueError(f"position {tuple(self.position.shape)} must be {(*batch_and_slots, 4)} for slots {tuple(self.slots.shape)}")
+            raise ValueError(
+                f"position {tuple(self.position.shape)} must be {(*batch_and_slots, 4)} for slots {tuple(self.slots.shape)}"
+            )
         if tuple(self.presence.shape) != batch_and_slots:
-            raise ValueError(f"presence {tuple(self.presence.shape)} must be {batch_and_slots} for slots {tuple(self.slots.shape)}")
+            raise ValueError(
+                f"presence {tuple(self.presence.shape)} must be {batch_and_slots} for slots {tuple(self.slots.shape)}"
+            )
         if self.masks is not None and tuple(self.masks.shape[:-2]) != batch_and_slots:
             raise ValueError(f"masks {tuple(self.masks.shape)} must be {(*batch_and_slots, 'h', 'w')}")
         if self.depth_map is not None and tuple(self.depth_map.shape[:-2]) != batch_and_slots[:-1]:
@@ -78,7 +82,12 @@ class SlotCodes:
         return tuple(self.slots.shape[:-2])
 
     def _map(self, function) -> SlotCodes:
-        return SlotCodes(**{field.name: None if (value := getattr(self, field.name)) is None else function(value) for field in fields(self)})
+        return SlotCodes(
+            **{
+                field.name: None if (value := getattr(self, field.name)) is None else function(value)
+                for field in fields(self)
+            }
+        )
 
     @classmethod
     def stack(cls, codes: Sequence[SlotCodes], dim: int = 1) -> SlotCodes:
@@ -121,7 +130,13 @@ class SlotCodes:
     @classmethod
     def from_numpy(cls, arrays: Mapping[str, Any], device: torch.device | str | None = None) -> SlotCodes:
         """Inverse of :meth:`to_numpy` (extra keys are ignored)."""
-        return cls(**{key: torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32, device=device) for key in SLOT_CODE_KEYS if arrays.get(key) is not None})
+        return cls(
+            **{
+                key: torch.as_tensor(np.asarray(arrays[key]), dtype=torch.float32, device=device)
+                for key in SLOT_CODE_KEYS
+                if arrays.get(key) is not None
+            }
+        )
 
 
 def observation_space(num_slots: int, slot_dim: int, mask_size: tuple[int, int] | None = None, depth_map: bool = False):
@@ -137,7 +152,9 @@ def observation_space(num_slots: int, slot_dim: int, mask_size: tuple[int, int] 
     high = np.array([1.0, 1.0, inf, 1.0], np.float32)
     items = {
         "slots": spaces.Box(-inf, inf, (num_slots, slot_dim), np.float32),
-        "position": spaces.Box(np.broadcast_to(low, (num_slots, 4)), np.broadcast_to(high, (num_slots, 4)), dtype=np.float32),
+        "position": spaces.Box(
+            np.broadcast_to(low, (num_slots, 4)), np.broadcast_to(high, (num_slots, 4)), dtype=np.float32
+        ),
         "presence": spaces.Box(0.0, 1.0, (num_slots,), np.float32),
     }
     if mask_size is not None:
@@ -149,14 +166,18 @@ def observation_space(num_slots: int, slot_dim: int, mask_size: tuple[int, int] 
     return spaces.Dict(items)
 
 
-def pixel_coordinates(height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_coordinates(
+    height: int, width: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel-centre coordinates x (width,) and y (height,) in [-1, 1], x right, y down."""
     x = (torch.arange(width, device=device, dtype=dtype) * 2 + 1) / width - 1
     y = (torch.arange(height, device=device, dtype=dtype) * 2 + 1) / height - 1
     return x, y
 
 
-def codes_from_masks(masks: torch.Tensor, depth: torch.Tensor | None = None, presence_area: float = PRESENCE_AREA) -> tuple[torch.Tensor, torch.Tensor]:
+def codes_from_masks(
+    masks: torch.Tensor, depth: torch.Tensor | None = None, presence_area: float = PRESENCE_AREA
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Position (x, y, size, depth) and presence of each slot from its soft mask.
 
     Args:

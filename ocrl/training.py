@@ -46,17 +46,55 @@ class TrainingConfig:
 # preset name -> (model size, training config)
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "quick": ("quick", TrainingConfig(steps=7_000)),  # about 27 minutes on 2 CPU cores
-    "base": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
+    "base": (
+        "base",
+        TrainingConfig(
+            steps=100_000,
+            batch_size=32,
+            clip_length=6,
+            learning_rate=2e-4,
+            warmup_steps=2_500,
+            checkpoint_every=2_000,
+            num_workers=4,
+        ),
+    ),
     # the MOVi set-ups of SAVi / VideoSAUR / SmoothSA: 6-frame training clips at 128 px (videos of
     # 24 frames are evaluated whole: ocrl eval-perception --frames 24), a GPU run
-    "movi-c": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
-    "movi-e": ("base", TrainingConfig(steps=100_000, batch_size=32, clip_length=6, learning_rate=2e-4, warmup_steps=2_500, checkpoint_every=2_000, num_workers=4)),
+    "movi-c": (
+        "base",
+        TrainingConfig(
+            steps=100_000,
+            batch_size=32,
+            clip_length=6,
+            learning_rate=2e-4,
+            warmup_steps=2_500,
+            checkpoint_every=2_000,
+            num_workers=4,
+        ),
+    ),
+    "movi-e": (
+        "base",
+        TrainingConfig(
+            steps=100_000,
+            batch_size=32,
+            clip_length=6,
+            learning_rate=2e-4,
+            warmup_steps=2_500,
+            checkpoint_every=2_000,
+            num_workers=4,
+        ),
+    ),
 }
 # model settings a preset fixes: MOVi-C has up to 10 objects + background, MOVi-E up to 23
-PRESET_MODELS: dict[str, dict[str, int]] = {"movi-c": {"num_slots": 11, "resolution": 128}, "movi-e": {"num_slots": 24, "resolution": 128}}
+PRESET_MODELS: dict[str, dict[str, int]] = {
+    "movi-c": {"num_slots": 11, "resolution": 128},
+    "movi-e": {"num_slots": 24, "resolution": 128},
+}
 
 
-def prepare_clip(batch: dict[str, torch.Tensor], resolution: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def prepare_clip(
+    batch: dict[str, torch.Tensor], resolution: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Clip batch from ClipDataset to (frames float (B, T, 3, R, R) in [0, 1], depth (B, T, R, R) or None)."""
     frames = prepare_frames(batch["frames"], resolution, device, leading_dims=2, resize=True)
     depth = batch.get("depth")
@@ -99,12 +137,16 @@ def pretrain(
     if preset not in PRESETS:
         raise OcrlError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
     size, training = PRESETS[preset]
-    training = dataclasses.replace(training, steps=steps or training.steps, batch_size=batch_size or training.batch_size)
+    training = dataclasses.replace(
+        training, steps=steps or training.steps, batch_size=batch_size or training.batch_size
+    )
     stores = [RolloutStore.open(path) for path in (data if isinstance(data, (list, tuple)) else [data])]
     height, width, _ = stores[0].frame_shape
     preset_model = PRESET_MODELS.get(preset, {})
     resolution = resolution or preset_model.get("resolution") or (height if height == width else 64)
-    model_config = perception_config(family, size, resolution=resolution, num_slots=num_slots or preset_model.get("num_slots"))
+    model_config = perception_config(
+        family, size, resolution=resolution, num_slots=num_slots or preset_model.get("num_slots")
+    )
     if conditional:
         model_config.initializer.kind = "conditional"
 
@@ -120,17 +162,49 @@ def pretrain(
     def batches(step: int) -> DataLoader:
         # a fresh sampler per (re)start, seeded by the step: a resumed run draws new clips
         seed = training.seed * 1000 + process.rank + step
-        datasets = [ClipDataset(store, training.clip_length, ground_truth=use_depth, seed=seed, conditions=conditions) for store in stores]
+        datasets = [
+            ClipDataset(store, training.clip_length, ground_truth=use_depth, seed=seed, conditions=conditions)
+            for store in stores
+        ]
         dataset = torch.utils.data.ConcatDataset(datasets)
-        sampler = RandomSampler(dataset, replacement=True, num_samples=(training.steps - step) * training.batch_size, generator=torch.Generator().manual_seed(seed))
-        return DataLoader(dataset, batch_size=training.batch_size, sampler=sampler, num_workers=training.num_workers, pin_memory=device.type == "cuda")
+        sampler = RandomSampler(
+            dataset,
+            replacement=True,
+            num_samples=(training.steps - step) * training.batch_size,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return DataLoader(
+            dataset,
+            batch_size=training.batch_size,
+            sampler=sampler,
+            num_workers=training.num_workers,
+            pin_memory=device.type == "cuda",
+        )
 
     def loss(forward, batch: dict[str, torch.Tensor], step: int):
         frames, depth = prepare_clip(batch, resolution, device)
         model.set_step(step)
-        output = forward(frames, depth=depth if use_depth else None, conditions=batch["conditions"].to(device) if conditional else None)
+        output = forward(
+            frames,
+            depth=depth if use_depth else None,
+            conditions=batch["conditions"].to(device) if conditional else None,
+        )
         return output.loss, output.losses
 
     record = {**dataclasses.asdict(training), "preset": preset, "data": [str(s.path) for s in stores]}
-    fit(model, model_config, loss, batches, training, out, process=process, state=state, training_record=record, gradient_groups=model.gradient_groups(), tensorboard=tensorboard, progress=progress, description=f"pretrain {family}")
+    fit(
+        model,
+        model_config,
+        loss,
+        batches,
+        training,
+        out,
+        process=process,
+        state=state,
+        training_record=record,
+        gradient_groups=model.gradient_groups(),
+        tensorboard=tensorboard,
+        progress=progress,
+        description=f"pretrain {family}",
+    )
     return out

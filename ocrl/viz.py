@@ -84,14 +84,23 @@ def save_gif(images: list[np.ndarray], path: str | os.PathLike, frame_ms: int = 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pictures = [Image.fromarray(image) for image in images]
-    write_atomically(path, lambda file: pictures[0].save(file, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0))
+    write_atomically(
+        path,
+        lambda file: pictures[0].save(
+            file, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0
+        ),
+    )
     return path
 
 
-def save_perception_pictures(frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray, prefix: str | os.PathLike, scale: int = 2) -> tuple[Path, Path]:
+def save_perception_pictures(
+    frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray, prefix: str | os.PathLike, scale: int = 2
+) -> tuple[Path, Path]:
     """PREFIX.png: the grid of :func:`slot_panels` over time; PREFIX.gif: per frame, input |
     reconstruction | segmentation side by side. Returns both paths."""
     rows = slot_panels(frames, reconstructions, masks)
     png = save_png(grid(rows, scale=scale), f"{prefix}.png")
-    gif = save_gif([grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif")
+    gif = save_gif(
+        [grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif"
+    )
     return png, gif

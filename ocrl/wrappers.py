@@ -30,7 +30,16 @@ from stable_baselines3.common.vec_env import VecEnvWrapper
 # the online encoder lives with perception; these names stay importable from here, as before
 from ocrl.perception.encoder import DEFAULT_KEYS, MAX_UPSCALE, SlotEncoder, resolve_model
 
-__all__ = ["DEFAULT_KEYS", "MAX_UPSCALE", "ObjectCentricObservation", "ObjectCentricVecEnv", "ObjectCentricVectorObservation", "SlotEncoder", "frame_source", "resolve_model"]
+__all__ = [
+    "DEFAULT_KEYS",
+    "MAX_UPSCALE",
+    "ObjectCentricObservation",
+    "ObjectCentricVecEnv",
+    "ObjectCentricVectorObservation",
+    "SlotEncoder",
+    "frame_source",
+    "resolve_model",
+]
 PIXELS_KEY = "pixels"
 
 
@@ -73,8 +82,17 @@ class ObjectCentricObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     The recurrent state is reset on every ``reset``. ``info`` passes through unchanged.
     """
 
-    def __init__(self, env: gym.Env, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, keep_observation: bool = False, device: torch.device | str | None = None):
-        gym.utils.RecordConstructorArgs.__init__(self, model=model, keys=keys, keep_observation=keep_observation, device=device)
+    def __init__(
+        self,
+        env: gym.Env,
+        model: Any = None,
+        keys: Sequence[str] = DEFAULT_KEYS,
+        keep_observation: bool = False,
+        device: torch.device | str | None = None,
+    ):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, model=model, keys=keys, keep_observation=keep_observation, device=device
+        )
         gym.Wrapper.__init__(self, env)
         self.source = frame_source(env.observation_space)
         if self.source is None:
@@ -122,7 +140,13 @@ class ObjectCentricVectorObservation(gym.vector.VectorWrapper):
     frame on step t (the final observation in ``info["final_obs"]`` is left as frames).
     """
 
-    def __init__(self, env: gym.vector.VectorEnv, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        model: Any = None,
+        keys: Sequence[str] = DEFAULT_KEYS,
+        device: torch.device | str | None = None,
+    ):
         super().__init__(env)
         self.source = frame_source(env.single_observation_space)
         if self.source is None:
@@ -132,7 +156,9 @@ class ObjectCentricVectorObservation(gym.vector.VectorWrapper):
             raise ValueError(f"autoreset mode {mode} is not supported; use NEXT_STEP or SAME_STEP")
         self.autoreset_mode = mode
         self.encoder = SlotEncoder(model, env.num_envs, keys, device)
-        frames_space = env.single_observation_space if self.source == "observation" else env.single_observation_space[PIXELS_KEY]
+        frames_space = (
+            env.single_observation_space if self.source == "observation" else env.single_observation_space[PIXELS_KEY]
+        )
         self.encoder.check_frame_shape(frames_space.shape)
         self.single_observation_space = self.encoder.observation_space()
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
@@ -161,7 +187,9 @@ class ObjectCentricVecEnv(VecEnvWrapper):
     encoded with the ended episode's state and replaces it.
     """
 
-    def __init__(self, venv, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+    def __init__(
+        self, venv, model: Any = None, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None
+    ):
         source = frame_source(venv.observation_space)
         if source is None:
             raise _no_frames_error("this VecEnv", venv.observation_space)

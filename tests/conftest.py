@@ -12,7 +12,9 @@ import torch
 from ocrl.perception import PerceptionConfig, build_perception, perception_config
 
 
-def tiny_config(family: str = "smoothsa", resolution: int = 32, encoder: str = "cnn", initializer: str = "gaussian") -> PerceptionConfig:
+def tiny_config(
+    family: str = "smoothsa", resolution: int = 32, encoder: str = "cnn", initializer: str = "gaussian"
+) -> PerceptionConfig:
     """A preset shrunk to test size: the same structure, a few thousand parameters."""
     config = perception_config(family, "quick", resolution, num_slots=3)
     config.slot_dim = 16

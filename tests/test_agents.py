@@ -30,7 +30,9 @@ def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind)
     space = observation_space(5, 8)
     torch.manual_seed(0)
     extractor = SlotSetExtractor(space, kind=kind, features_dim=32)
-    observation = {key: torch.as_tensor(np.stack([space[key].sample() for _ in range(4)])).clamp(-5, 5) for key in space.spaces}
+    observation = {
+        key: torch.as_tensor(np.stack([space[key].sample() for _ in range(4)])).clamp(-5, 5) for key in space.spaces
+    }
     features = extractor(observation)
     assert features.shape == (4, 32)
     order = torch.randperm(5)
@@ -66,7 +68,9 @@ def quick_ppo(config_kwargs, out, steps=128, **kwargs):
 
 def test_slot_agent_trains_saves_resumes_and_reloads(tiny_perception, tmp_path):
     out = tmp_path / "agent"
-    config, metrics = quick_ppo({"env_id": "ocrl/ObjectGoal-v0", "perception": tiny_perception}, out, checkpoint_every=64)
+    config, metrics = quick_ppo(
+        {"env_id": "ocrl/ObjectGoal-v0", "perception": tiny_perception}, out, checkpoint_every=64
+    )
     assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0 and np.isfinite(metrics["mean_return"])
     assert load_trainer_state(out)["num_timesteps"] == 128
     policy, loaded = load_agent(out)
@@ -87,9 +91,27 @@ def test_slot_agent_trains_saves_resumes_and_reloads(tiny_perception, tmp_path):
 @pytest.mark.parametrize(
     "config",
     [
-        AgentConfig(env_id="ocrl/ObjectGoal-v0", algo="dqn", observation="ground_truth", extractor="deepsets", algo_kwargs={"learning_starts": 32, "buffer_size": 500}),
-        AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="sac", observation="ground_truth", features_dim=32, algo_kwargs={"learning_starts": 64, "buffer_size": 500, "batch_size": 32}),
-        AgentConfig(env_id="ocrl/ObjectGoal-v0", algo="ppo", observation="pixels", env_kwargs={"resolution": 48}, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1}),
+        AgentConfig(
+            env_id="ocrl/ObjectGoal-v0",
+            algo="dqn",
+            observation="ground_truth",
+            extractor="deepsets",
+            algo_kwargs={"learning_starts": 32, "buffer_size": 500},
+        ),
+        AgentConfig(
+            env_id="ocrl/ObjectGoalContinuous-v0",
+            algo="sac",
+            observation="ground_truth",
+            features_dim=32,
+            algo_kwargs={"learning_starts": 64, "buffer_size": 500, "batch_size": 32},
+        ),
+        AgentConfig(
+            env_id="ocrl/ObjectGoal-v0",
+            algo="ppo",
+            observation="pixels",
+            env_kwargs={"resolution": 48},
+            algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+        ),
     ],
     ids=["dqn-oracle", "sac-oracle", "ppo-pixels"],
 )
@@ -106,7 +128,12 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="only with observation 'slots'"):
         AgentConfig(observation="pixels", perception="smoothsa-sprites")
     with pytest.raises(OcrlError, match="dqn cannot train"):
-        train_agent(AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"), tmp_path / "a", steps=10, progress=False)
+        train_agent(
+            AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"),
+            tmp_path / "a",
+            steps=10,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="no perception model"):
         train_agent(AgentConfig(perception="no-such-model"), tmp_path / "b", steps=10, progress=False)
 
@@ -119,7 +146,9 @@ class _Scripted:
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):
         count = len(observation["position"])
-        return np.array([self.act({key: value[index] for key, value in observation.items()}) for index in range(count)]), None
+        return np.array(
+            [self.act({key: value[index] for key, value in observation.items()}) for index in range(count)]
+        ), None
 
 
 def _towards_target(observation):
@@ -134,7 +163,9 @@ def test_evaluation_counts_successes_of_a_scripted_policy():
     assert greedy["success_rate"] == 1.0 and greedy["mean_return"] == 1.0 and greedy["mean_length"] < 30
     # up, then down, forever: never touches anything, every episode runs into the time limit
     steps = iter(range(10**6))
-    dither = evaluate_policy_in_env(_Scripted(lambda _: next(steps) % 2), config, episodes=5, num_envs=2, progress=False)
+    dither = evaluate_policy_in_env(
+        _Scripted(lambda _: next(steps) % 2), config, episodes=5, num_envs=2, progress=False
+    )
     assert dither == {"episodes": 5, "success_rate": 0.0, "mean_return": 0.0, "std_return": 0.0, "mean_length": 100.0}
 
 

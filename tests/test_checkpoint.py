@@ -82,7 +82,14 @@ def test_trainer_state_metrics_and_training_config(tmp_path):
         "history": [1.5, {"loss": np.float32(0.25)}, (1, "a")],
         "array": np.arange(6, dtype=np.int16).reshape(2, 3),
     }
-    directory = save_checkpoint(model, config, tmp_path / "run", trainer_state=trainer_state, metrics={"fg_ari": 0.93}, training_config={"lr": 1e-2, "steps": 100})
+    directory = save_checkpoint(
+        model,
+        config,
+        tmp_path / "run",
+        trainer_state=trainer_state,
+        metrics={"fg_ari": 0.93},
+        training_config={"lr": 1e-2, "steps": 100},
+    )
     state = load_trainer_state(directory)
     assert state["step"] == 12 and torch.equal(state["torch_rng"], trainer_state["torch_rng"])
     assert state["python_rng"] == trainer_state["python_rng"]
@@ -175,11 +182,20 @@ def test_malformed_config(saved, content, message):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda header: header["model"]["encoder"].update(chanels=3), r"malformed model config: .*unknown keys \['chanels'\]"),
-        (lambda header: header["model"].update(slot_dim="sixteen"), "malformed model config: config.slot_dim must be int"),
+        (
+            lambda header: header["model"]["encoder"].update(chanels=3),
+            r"malformed model config: .*unknown keys \['chanels'\]",
+        ),
+        (
+            lambda header: header["model"].update(slot_dim="sixteen"),
+            "malformed model config: config.slot_dim must be int",
+        ),
         (lambda header: header.update(format_version=99), "format_version 99"),
         (lambda header: header.update(model_kind="loci"), "unknown model_kind 'loci'"),
-        (lambda header: header["model"]["encoder"].update(kind="vit"), "does not build a model: unknown encoder kind 'vit'"),
+        (
+            lambda header: header["model"]["encoder"].update(kind="vit"),
+            "does not build a model: unknown encoder kind 'vit'",
+        ),
     ],
 )
 def test_bad_config_values(saved, edit, message):
@@ -191,7 +207,10 @@ def test_bad_config_values(saved, edit, message):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda header: header["model"].update(slot_dim=32), r"shape mismatch \(file vs config\): aggregator.gru.bias_hh \(48,\) vs \(96,\).*\(58 in all\)"),
+        (
+            lambda header: header["model"].update(slot_dim=32),
+            r"shape mismatch \(file vs config\): aggregator.gru.bias_hh \(48,\) vs \(96,\).*\(58 in all\)",
+        ),
         (lambda header: header["model"]["preheater"].update(enabled=False), r"unexpected: preheater\."),
         (lambda header: header["model"]["transitioner"].update(num_layers=2), r"missing: transitioner\.1\."),
     ],

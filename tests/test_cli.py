@@ -20,7 +20,10 @@ SMALL = ["--env", "ocrl/ObjectGoal-v0", "--env-kwargs", '{"resolution": 16}', "-
 
 def snapshot(path: Path) -> dict[str, bytes | None]:
     """Every entry under ``path`` with its bytes (None for directories)."""
-    return {str(entry.relative_to(path)): entry.read_bytes() if entry.is_file() else None for entry in sorted(path.rglob("*"))}
+    return {
+        str(entry.relative_to(path)): entry.read_bytes() if entry.is_file() else None
+        for entry in sorted(path.rglob("*"))
+    }
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -46,7 +49,9 @@ def test_collect_succeeds(tmp_path, capsys):
 
 
 def test_unknown_env_id(tmp_path, capsys):
-    status, _, err = run(capsys, "collect", "--env", "NoSuchEnv-v0", "--episodes", "2", "--out", str(tmp_path / "store"))
+    status, _, err = run(
+        capsys, "collect", "--env", "NoSuchEnv-v0", "--episodes", "2", "--out", str(tmp_path / "store")
+    )
     assert_one_line_error(status, err, "NoSuchEnv-v0")
     assert not (tmp_path / "store").exists()
 
@@ -113,24 +118,60 @@ def test_real_processes(tmp_path):
     environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         [*command, "collect", *SMALL, "--episodes", "2", "--out", str(tmp_path / "store")],
-        capture_output=True, text=True, env=environment, timeout=120,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert len(RolloutStore.open(tmp_path / "store")) == 2
 
     done = subprocess.run(
-        [sys.executable, "-m", "ocrl", "collect", "--env", "NoSuchEnv-v0", "--episodes", "2", "--out", str(tmp_path / "other")],
-        capture_output=True, text=True, env=environment, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "ocrl",
+            "collect",
+            "--env",
+            "NoSuchEnv-v0",
+            "--episodes",
+            "2",
+            "--out",
+            str(tmp_path / "other"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
     )
     assert_one_line_error(done.returncode, done.stderr, "NoSuchEnv-v0")
 
 
 def test_train_agent_then_eval_agent_with_video(tmp_path, capsys):
     agent = tmp_path / "agent"
-    status, out, err = run(capsys, "train-agent", "--env", "ocrl/ObjectGoal-v0", "--observation", "ground-truth", "--steps", "64", "--num-envs", "2", "--algo-kwargs", '{"n_steps": 32, "batch_size": 32, "n_epochs": 1}', "--eval-episodes", "1", "--out", str(agent))
+    status, out, err = run(
+        capsys,
+        "train-agent",
+        "--env",
+        "ocrl/ObjectGoal-v0",
+        "--observation",
+        "ground-truth",
+        "--steps",
+        "64",
+        "--num-envs",
+        "2",
+        "--algo-kwargs",
+        '{"n_steps": 32, "batch_size": 32, "n_epochs": 1}',
+        "--eval-episodes",
+        "1",
+        "--out",
+        str(agent),
+    )
     assert status == 0, err
     assert json.loads(out)["episodes"] == 1
-    status, out, err = run(capsys, "eval-agent", str(agent), "--episodes", "2", "--video", str(tmp_path / "episode.gif"))
+    status, out, err = run(
+        capsys, "eval-agent", str(agent), "--episodes", "2", "--video", str(tmp_path / "episode.gif")
+    )
     assert status == 0, err
     result = json.loads(out)
     assert result["episodes"] == 2 and 0 <= result["success_rate"] <= 1
@@ -142,8 +183,14 @@ def test_train_agent_then_eval_agent_with_video(tmp_path, capsys):
     [
         (["--env", "NoSuchEnv-v0"], "NoSuchEnv-v0"),
         (["--env", "ocrl/ObjectGoal-v0", "--perception", "no-such-model"], "no perception model 'no-such-model'"),
-        (["--env", "ocrl/ObjectGoalContinuous-v0", "--algo", "dqn", "--observation", "ground-truth"], "dqn cannot train"),
-        (["--env", "ocrl/ObjectGoal-v0", "--observation", "pixels", "--perception", "x"], "only with observation 'slots'"),
+        (
+            ["--env", "ocrl/ObjectGoalContinuous-v0", "--algo", "dqn", "--observation", "ground-truth"],
+            "dqn cannot train",
+        ),
+        (
+            ["--env", "ocrl/ObjectGoal-v0", "--observation", "pixels", "--perception", "x"],
+            "only with observation 'slots'",
+        ),
     ],
 )
 def test_train_agent_user_errors_are_one_line(tmp_path, capsys, arguments, fragment):

@@ -109,7 +109,11 @@ def test_verify_decodes_every_frame(tmp_path, monkeypatch):
 
     checked = []
     original = store_module.check_episode_file
-    monkeypatch.setattr(store_module, "check_episode_file", lambda *args, decode=False: checked.append(decode) or original(*args, decode=decode))
+    monkeypatch.setattr(
+        store_module,
+        "check_episode_file",
+        lambda *args, decode=False: checked.append(decode) or original(*args, decode=decode),
+    )
     quick_collect(tmp_path, 2, num_envs=2)
     quick_collect(tmp_path, 2, num_envs=2, verify=True)
     assert checked == [False, False, True, True]
@@ -157,7 +161,9 @@ def cartpole_ppo(tmp_path_factory) -> Path:
     from stable_baselines3 import PPO
 
     path = tmp_path_factory.mktemp("sb3") / "ppo_cartpole.zip"
-    model = PPO("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0)
+    model = PPO(
+        "MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [16]}, seed=0
+    )
     model.learn(256)
     model.save(path)
     return path
@@ -192,7 +198,9 @@ def test_sb3_zip_that_needs_unpickling_is_refused(tmp_path):
     from stable_baselines3 import PPO
 
     path = tmp_path / "tanh.zip"
-    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, policy_kwargs={"activation_fn": torch.nn.Tanh}).save(path)
+    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, policy_kwargs={"activation_fn": torch.nn.Tanh}).save(
+        path
+    )
     with pytest.raises(OcrlError, match="unpickl"):
         collect("CartPole-v1", 1, tmp_path / "out", policy=path, progress=False)
 
@@ -223,9 +231,31 @@ def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys)
     from ocrl.cli import main
     from ocrl.wrappers import ObjectCentricObservation
 
-    config = AgentConfig(env_id=ENV_ID, perception=tiny_perception, env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    config = AgentConfig(
+        env_id=ENV_ID,
+        perception=tiny_perception,
+        env_kwargs=ENV_KWARGS,
+        algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+    )
     train_agent(config, tmp_path / "agent", steps=64, num_envs=2, eval_episodes=1, progress=False)
-    arguments = ["collect", "--env", ENV_ID, "--env-kwargs", json.dumps(ENV_KWARGS), "--episodes", "2", "--num-envs", "1", "--seed", "7", "--policy", str(tmp_path / "agent"), "--deterministic", "--out", str(tmp_path / "store")]
+    arguments = [
+        "collect",
+        "--env",
+        ENV_ID,
+        "--env-kwargs",
+        json.dumps(ENV_KWARGS),
+        "--episodes",
+        "2",
+        "--num-envs",
+        "1",
+        "--seed",
+        "7",
+        "--policy",
+        str(tmp_path / "agent"),
+        "--deterministic",
+        "--out",
+        str(tmp_path / "store"),
+    ]
     assert main(arguments) == 0, capsys.readouterr().err
     store = RolloutStore.open(tmp_path / "store")
     assert store.header["policy"]["kind"] == "ocrl-agent"
@@ -238,7 +268,12 @@ def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys)
             action, _ = policy.predict({key: value[None] for key, value in observation.items()}, deterministic=True)
             assert action[0] == stored
             observation, *_ = env.step(action[0])
-    oracle = AgentConfig(env_id=ENV_ID, observation="ground_truth", env_kwargs=ENV_KWARGS, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
+    oracle = AgentConfig(
+        env_id=ENV_ID,
+        observation="ground_truth",
+        env_kwargs=ENV_KWARGS,
+        algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
+    )
     train_agent(oracle, tmp_path / "oracle", steps=32, num_envs=1, eval_episodes=1, progress=False)
     arguments[arguments.index(str(tmp_path / "agent"))] = str(tmp_path / "oracle")
     assert main([*arguments[:-1], str(tmp_path / "other")]) == 2

@@ -74,12 +74,18 @@ def test_frame_dataset_covers_every_frame(store):
     dataset = FrameDataset(store.path, ground_truth=True)
     assert len(dataset) == store.num_frames
     last = store.episodes[-1]
-    for item, position, frame_index in [(0, 0, 0), (store.episodes[0].length + 1, 1, 0), (len(dataset) - 1, len(store) - 1, last.length)]:
+    for item, position, frame_index in [
+        (0, 0, 0),
+        (store.episodes[0].length + 1, 1, 0),
+        (len(dataset) - 1, len(store) - 1, last.length),
+    ]:
         sample = dataset[item]
         assert (sample["episode"], sample["frame_index"]) == (position, frame_index)
         episode = store.episode(position)
         np.testing.assert_array_equal(sample["frame"].numpy(), episode.frames(frame_index, frame_index + 1)[0])
-        np.testing.assert_array_equal(sample["masks"].numpy(), episode.ground_truth(frame_index, frame_index + 1)["masks"][0])
+        np.testing.assert_array_equal(
+            sample["masks"].numpy(), episode.ground_truth(frame_index, frame_index + 1)["masks"][0]
+        )
         assert sample["depth"].shape == (16, 16)
     with pytest.raises(IndexError):
         dataset[len(dataset)]

@@ -181,7 +181,9 @@ def test_comparison_tasks_have_exactly_one_odd_object(seed):
 
 
 def test_out_of_distribution_options_and_object_counts():
-    task = gym.make("ocrl/ObjectGoal-v0", colours="ood", shapes="ood", num_objects=6, target_colour="orange", target_shape="star").unwrapped
+    task = gym.make(
+        "ocrl/ObjectGoal-v0", colours="ood", shapes="ood", num_objects=6, target_colour="orange", target_shape="star"
+    ).unwrapped
     task.reset(seed=1)
     ood = {COLOURS[name] for name in OOD_COLOURS}
     assert len(task.objects) == 6

@@ -52,7 +52,9 @@ def fault_table():
     yield
     path = os.environ.get("OCRL_FAULT_TABLE")
     if path:
-        Path(path).write_text(json.dumps({name: dict(counts) for name, counts in sorted(TALLY.items())}, indent=1) + "\n")
+        Path(path).write_text(
+            json.dumps({name: dict(counts) for name, counts in sorted(TALLY.items())}, indent=1) + "\n"
+        )
 
 
 def files_of(path: Path) -> dict[str, bytes]:
@@ -60,7 +62,9 @@ def files_of(path: Path) -> dict[str, bytes]:
 
 
 def quick_collect(out: Path, episodes: int = 6, **kwargs) -> RolloutStore:
-    return collect("ocrl/ObjectGoal-v0", episodes, out, num_envs=3, seed=5, env_kwargs=ENV_KWARGS, progress=False, **kwargs)
+    return collect(
+        "ocrl/ObjectGoal-v0", episodes, out, num_envs=3, seed=5, env_kwargs=ENV_KWARGS, progress=False, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +94,40 @@ def test_collect_interrupted_at_random_episodes_resumes_identically(reference, t
         assert len(RolloutStore.open(out)) == stop
         monkeypatch.setattr(RolloutWriter, "add", add)
         quick_collect(out)
-        assert files_of(out) == reference and all(reference[name] == data for name, data in kept.items() if name != MANIFEST_NAME)
+        assert files_of(out) == reference and all(
+            reference[name] == data for name, data in kept.items() if name != MANIFEST_NAME
+        )
         TALLY["collect: Ctrl-C at a random episode"]["resumed byte-identical"] += 1
 
 
 def test_collect_killed_at_random_times_resumes_identically(reference, tmp_path):
     generator = random.Random(2)
-    command = [sys.executable, "-m", "ocrl.cli", "collect", "--env", "ocrl/ObjectGoal-v0", "--env-kwargs", json.dumps(ENV_KWARGS), "--episodes", "6", "--num-envs", "3", "--seed", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "ocrl.cli",
+        "collect",
+        "--env",
+        "ocrl/ObjectGoal-v0",
+        "--env-kwargs",
+        json.dumps(ENV_KWARGS),
+        "--episodes",
+        "6",
+        "--num-envs",
+        "3",
+        "--seed",
+        "5",
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     for case in range(3):
         out = tmp_path / f"store-{case}"
-        child = subprocess.Popen([*command, "--out", str(out)], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            [*command, "--out", str(out)],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # wait until the store exists, then kill at a random moment of the collection
         deadline = time.monotonic() + 60
         while not (out / MANIFEST_NAME).exists() and child.poll() is None and time.monotonic() < deadline:
@@ -113,12 +140,21 @@ def test_collect_killed_at_random_times_resumes_identically(reference, tmp_path)
         quick_collect(out)
         assert files_of(out) == reference
         assert all(reference[name] == data for name, data in kept.items())  # finished episodes untouched
-        TALLY["collect: SIGKILL at a random time"]["finished before the kill" if finished else f"resumed byte-identical ({len(kept)} of 6 kept)"] += 1
+        TALLY["collect: SIGKILL at a random time"][
+            "finished before the kill" if finished else f"resumed byte-identical ({len(kept)} of 6 kept)"
+        ] += 1
 
 
 @pytest.fixture(scope="module")
 def moving_store(tmp_path_factory) -> Path:
-    return collect("ocrl/MovingObjects-v0", 2, tmp_path_factory.mktemp("moving") / "store", env_kwargs={"resolution": 32}, num_envs=2, progress=False).path
+    return collect(
+        "ocrl/MovingObjects-v0",
+        2,
+        tmp_path_factory.mktemp("moving") / "store",
+        env_kwargs={"resolution": 32},
+        num_envs=2,
+        progress=False,
+    ).path
 
 
 def test_pretraining_interrupted_at_a_random_step_keeps_it_and_resumes(moving_store, tmp_path, monkeypatch):
@@ -150,7 +186,9 @@ def test_pretraining_interrupted_at_a_random_step_keeps_it_and_resumes(moving_st
 def test_world_model_training_interrupted_at_a_random_step_keeps_it_and_resumes(tiny_perception, tmp_path, monkeypatch):
     from ocrl.world_models import WorldModelTrainingConfig, train_world_model
 
-    store = collect("ocrl/ObjectGoal-v0", 3, tmp_path / "goal", num_envs=3, env_kwargs={"resolution": 32}, progress=False).path
+    store = collect(
+        "ocrl/ObjectGoal-v0", 3, tmp_path / "goal", num_envs=3, env_kwargs={"resolution": 32}, progress=False
+    ).path
     training = WorldModelTrainingConfig(steps=4, batch_size=2, rollout_steps=1, checkpoint_every=100)
     model_config = {"history": 3, "width": 16, "num_layers": 1, "num_heads": 2}
     generator = random.Random(4)
@@ -281,7 +319,9 @@ def read_store(path: Path) -> dict:
 
 def test_damaged_store_files(tmp_path):
     path = quick_collect(tmp_path / "store", episodes=2).path
-    inject("store episode (.npz)", path / "episodes" / "episode-000001.npz", lambda: read_store(path), seed=10, binary=True)
+    inject(
+        "store episode (.npz)", path / "episodes" / "episode-000001.npz", lambda: read_store(path), seed=10, binary=True
+    )
     inject("store manifest (.json)", path / MANIFEST_NAME, lambda: read_store(path), seed=11, binary=False)
 
 
@@ -296,7 +336,13 @@ def test_damaged_checkpoint_files(tmp_path):
     optimizer = torch.optim.AdamW(model.parameters())
     model(torch.rand(1, 2, 3, 32, 32)).loss.backward()
     optimizer.step()
-    out = save_checkpoint(model, config, tmp_path / "model", trainer_state={"optimizer": optimizer.state_dict(), "step": 1}, metrics={"step": 1})
+    out = save_checkpoint(
+        model,
+        config,
+        tmp_path / "model",
+        trainer_state={"optimizer": optimizer.state_dict(), "step": 1},
+        metrics={"step": 1},
+    )
 
     def read():
         loaded, loaded_config = load_checkpoint(out)
@@ -338,7 +384,9 @@ def test_damaged_sb3_zips(tmp_path):
     from ocrl.data.sb3_policy import load_sb3_policy
 
     path = tmp_path / "ppo_cartpole.zip"
-    PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0).save(path)
+    PPO(
+        "MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0
+    ).save(path)
     env = gym.make("CartPole-v1")
 
     def read():

@@ -66,7 +66,17 @@ def squared_error(forward, batch, step):
 def run(out: Path, steps: int, loss=squared_error, progress: bool = False) -> nn.Module:
     torch.manual_seed(0)
     model, state = resume_or_build(out, LineConfig(), build_line, torch.device("cpu"))
-    fit(model, LineConfig(), loss, batches, Settings(steps=steps), out, process=start_process("cpu"), state=state, progress=progress)
+    fit(
+        model,
+        LineConfig(),
+        loss,
+        batches,
+        Settings(steps=steps),
+        out,
+        process=start_process("cpu"),
+        state=state,
+        progress=progress,
+    )
     return model
 
 
@@ -125,13 +135,25 @@ def _free_port() -> int:
 
 
 def _distributed_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     torch.manual_seed(rank)  # other batches and initial weights per rank: DDP must make and keep them equal
     process = start_process("cpu")
     assert (process.rank, process.world_size) == (rank, world_size)
     model, state = resume_or_build(Path(out), LineConfig(), build_line, process.device)
-    fit(model, LineConfig(), squared_error, batches, Settings(steps=3), Path(out), process=process, state=state, progress=False)
+    fit(
+        model,
+        LineConfig(),
+        squared_error,
+        batches,
+        Settings(steps=3),
+        Path(out),
+        process=process,
+        state=state,
+        progress=False,
+    )
     weights = [torch.zeros_like(model.weight) for _ in range(world_size)]
     torch.distributed.all_gather(weights, model.weight.detach())
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], torch.zeros_like(weights[0]))

@@ -87,7 +87,9 @@ def make_video(seed: int, frames: int = FRAMES, size: int = SIZE, count: int = I
             "angular_velocities": rng.normal(size=(count, frames, 3)).astype(np.float32),
             "bboxes_3d": rng.normal(size=(count, frames, 8, 3)).astype(np.float32),
             "image_positions": rng.uniform(size=(count, frames, 2)).astype(np.float32),
-            "visibility": np.stack([(segmentations[..., 0] == i + 1).sum(axis=(1, 2)) for i in range(count)]).astype(np.uint16),
+            "visibility": np.stack([(segmentations[..., 0] == i + 1).sum(axis=(1, 2)) for i in range(count)]).astype(
+                np.uint16
+            ),
             "bboxes": bboxes,
             "bbox_frames": bbox_frames,
             "asset_id": [f"asset_{i}" for i in range(count)],
@@ -159,7 +161,11 @@ def _png16_with_filter(image: np.ndarray, filter_type: int) -> bytes:
         else:
             estimate = left + previous - up_left
             distances = np.stack([abs(estimate - left), abs(estimate - previous), abs(estimate - up_left)])
-            choice = np.where((distances[0] <= distances[1]) & (distances[0] <= distances[2]), 0, np.where(distances[1] <= distances[2], 1, 2))
+            choice = np.where(
+                (distances[0] <= distances[1]) & (distances[0] <= distances[2]),
+                0,
+                np.where(distances[1] <= distances[2], 1, 2),
+            )
             predicted = np.choose(choice, [left, previous, up_left])
         rows.append(bytes([filter_type]) + ((line - predicted) % 256).astype(np.uint8).tobytes())
 
@@ -167,13 +173,22 @@ def _png16_with_filter(image: np.ndarray, filter_type: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("channels", [3, 4])
 def test_png_round_trips_including_16_bit_colour_with_every_filter(channels):
     rng = np.random.default_rng(channels)
-    for image in (rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), rng.integers(0, 256, (5, 7, 1), dtype=np.uint8), rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16)):
+    for image in (
+        rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
+        rng.integers(0, 256, (5, 7, 1), dtype=np.uint8),
+        rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16),
+    ):
         decoded = decode_png(encode_png(image))
         assert decoded.dtype == image.dtype and np.array_equal(decoded, image)
     image = rng.integers(0, 65536, (6, 5, channels), dtype=np.uint16)
@@ -197,7 +212,11 @@ def test_shards_use_tfds_feature_names_and_kinds(shards):
     assert flat["instances/bboxes/ragged_flat_values"].size == 4 * lengths.sum()
     assert flat["instances/bbox_frames/ragged_flat_values"].dtype == np.int64
     assert flat["instances/positions"].size == INSTANCES * FRAMES * 3
-    assert flat["instances/is_dynamic"].dtype == np.int64 and flat["instances/asset_id"] == [b"asset_0", b"asset_1", b"asset_2"]
+    assert flat["instances/is_dynamic"].dtype == np.int64 and flat["instances/asset_id"] == [
+        b"asset_0",
+        b"asset_1",
+        b"asset_2",
+    ]
     assert flat["events/collisions/instances"].tolist() == [0, 2, 1, 65535]
 
 
@@ -210,31 +229,56 @@ def test_read_movi_gives_every_field_back_exactly(shards):
         assert metadata["video_name"] == written["metadata"]["video_name"] and metadata["num_instances"] == INSTANCES
         assert (metadata["width"], metadata["height"], metadata["num_frames"]) == (SIZE, SIZE, FRAMES)
         assert got["video"].shape == (FRAMES, SIZE, SIZE, 3) and got["video"].dtype == np.uint8
-        assert np.array_equal(got["video"], written["video"]) and np.array_equal(got["segmentations"], written["segmentations"])
+        assert np.array_equal(got["video"], written["video"]) and np.array_equal(
+            got["segmentations"], written["segmentations"]
+        )
         low, high = written["metadata"]["depth_range"]
         assert got["depth"].dtype == np.float32 and got["depth"].shape == (FRAMES, SIZE, SIZE, 1)
         np.testing.assert_allclose(got["depth"], written["depth"] / 65535 * (high - low) + low, rtol=1e-6)
         low, high = written["metadata"]["forward_flow_range"]
-        np.testing.assert_allclose(got["forward_flow"], written["forward_flow"] / 65535 * (high - low) + low, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            got["forward_flow"], written["forward_flow"] / 65535 * (high - low) + low, rtol=1e-6, atol=1e-6
+        )
         low, high = written["metadata"]["backward_flow_range"]
-        np.testing.assert_allclose(got["backward_flow"], written["backward_flow"] / 65535 * (high - low) + low, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            got["backward_flow"], written["backward_flow"] / 65535 * (high - low) + low, rtol=1e-6, atol=1e-6
+        )
         assert np.array_equal(got["normal"], written["normal"]) and got["normal"].dtype == np.uint16
         assert np.array_equal(got["object_coordinates"], written["object_coordinates"])
         for name, value in written["camera"].items():
             np.testing.assert_array_equal(got["camera"][name], np.float32(value))
         instances = got["instances"]
-        for name in ("mass", "friction", "restitution", "positions", "quaternions", "velocities", "angular_velocities", "bboxes_3d", "image_positions", "visibility", "category", "scale", "is_dynamic"):
+        for name in (
+            "mass",
+            "friction",
+            "restitution",
+            "positions",
+            "quaternions",
+            "velocities",
+            "angular_velocities",
+            "bboxes_3d",
+            "image_positions",
+            "visibility",
+            "category",
+            "scale",
+            "is_dynamic",
+        ):
             assert np.array_equal(instances[name], written["instances"][name]), name
         assert instances["visibility"].dtype == np.uint16 and instances["is_dynamic"].dtype == bool
         assert instances["asset_id"] == written["instances"]["asset_id"]
         # the ragged boxes, densified per frame
-        assert instances["bboxes"].shape == (INSTANCES, FRAMES, 4) and instances["has_bbox"].shape == (INSTANCES, FRAMES)
+        assert instances["bboxes"].shape == (INSTANCES, FRAMES, 4) and instances["has_bbox"].shape == (
+            INSTANCES,
+            FRAMES,
+        )
         for i in range(INSTANCES):
             frames = written["instances"]["bbox_frames"][i]
             assert instances["bbox_frames"][i].tolist() == frames.tolist()
             assert np.array_equal(instances["bboxes"][i, frames], written["instances"]["bboxes"][i])
             others = np.setdiff1d(np.arange(FRAMES), frames)
-            assert np.isnan(instances["bboxes"][i, others]).all() and instances["has_bbox"][i].tolist() == [t in frames for t in range(FRAMES)]
+            assert np.isnan(instances["bboxes"][i, others]).all() and instances["has_bbox"][i].tolist() == [
+                t in frames for t in range(FRAMES)
+            ]
         assert not instances["has_bbox"][1].any()
         for name, value in written["events"]["collisions"].items():
             assert np.array_equal(got["events"]["collisions"][name], value)
@@ -335,7 +379,9 @@ def test_convert_round_trip(shards, tmp_path, workers):
         expected = np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 3], boxes[..., 2]], -1).transpose(1, 0, 2) * 2 - 1
         np.testing.assert_allclose(truth["object_box"], expected, rtol=1e-6)
         # invisible instance 1: position from its projected centre, size 0, box NaN
-        np.testing.assert_allclose(truth["object_position"][:, 1], video["instances"]["image_positions"][1] * 2 - 1, rtol=1e-6)
+        np.testing.assert_allclose(
+            truth["object_position"][:, 1], video["instances"]["image_positions"][1] * 2 - 1, rtol=1e-6
+        )
         assert (truth["object_size"][:, 1] == 0).all() and np.isnan(truth["object_box"][:, 1]).all()
         assert truth["object_shape"][0].tolist() == written["instances"]["asset_id"]
         distance = np.linalg.norm(written["instances"]["positions"] - written["camera"]["positions"][None], axis=-1).T
@@ -350,9 +396,13 @@ def test_convert_resumes_and_downsamples(shards, tmp_path):
     store = convert_movi(directory, out, resolution=4, workers=0, progress=False)
     assert len(store) == 3 and (out / "episodes" / "episode-000000.npz").stat().st_mtime_ns == first
     frames = store.episode(2).frames()
-    expected = np.round(videos[2]["video"].reshape(FRAMES, 4, 2, 4, 2, 3).astype(float).mean(axis=(2, 4))).astype(np.uint8)
+    expected = np.round(videos[2]["video"].reshape(FRAMES, 4, 2, 4, 2, 3).astype(float).mean(axis=(2, 4))).astype(
+        np.uint8
+    )
     assert frames.shape == (FRAMES, 4, 4, 3) and np.array_equal(frames, expected)
-    assert np.array_equal(store.episode(2).ground_truth(keys=["masks"])["masks"], videos[2]["segmentations"][:, ::2, ::2, 0])
+    assert np.array_equal(
+        store.episode(2).ground_truth(keys=["masks"])["masks"], videos[2]["segmentations"][:, ::2, ::2, 0]
+    )
     with pytest.raises(OcrlError, match="different collection"):
         convert_movi(directory, out, resolution=8, workers=0, progress=False)
     with pytest.raises(OcrlError, match="pick a resolution that divides 8"):
@@ -397,8 +447,12 @@ def test_conditional_pretraining_and_evaluation(shards, tmp_path):
     from ocrl.evaluation import evaluate_perception
     from ocrl.training import pretrain
 
-    write_movi_shard(tmp_path / "movi_c-train.tfrecord-00000-of-00001", [make_video(seed, frames=5) for seed in range(2)])
-    store = convert_movi(tmp_path / "movi_c-train.tfrecord-00000-of-00001", tmp_path / "store", workers=0, progress=False)
+    write_movi_shard(
+        tmp_path / "movi_c-train.tfrecord-00000-of-00001", [make_video(seed, frames=5) for seed in range(2)]
+    )
+    store = convert_movi(
+        tmp_path / "movi_c-train.tfrecord-00000-of-00001", tmp_path / "store", workers=0, progress=False
+    )
     out = pretrain(store.path, tmp_path / "model", steps=2, batch_size=2, num_slots=4, progress=False, conditional=True)
     model, config = load_checkpoint(out)
     assert config.initializer.kind == "conditional" and config.num_slots == 4
@@ -431,10 +485,16 @@ def test_cli_convert(shards, tmp_path, capsys):
         (["movi", "convert", "{tmp}", "{tmp}/out"], "holds no TFRecord shards"),
         (["movi", "convert", "{shards}", "{tmp}/out", "--resolution", "0"], "expected a positive integer"),
         (["movi", "convert", "{shards}", "{tmp}/out", "--resolution", "3"], "pick a resolution that divides"),
-        (["movi", "convert", "{corrupt}", "{tmp}/out"], "holds no readable videos: {tmp}/bad/bad.tfrecord: record 0 is truncated"),
+        (
+            ["movi", "convert", "{corrupt}", "{tmp}/out"],
+            "holds no readable videos: {tmp}/bad/bad.tfrecord: record 0 is truncated",
+        ),
         (["movi"], "required: <movi command>"),
         (["movi", "generate", "{tmp}/gen"], "required: --videos"),
-        (["movi", "generate", "{tmp}/gen", "--videos", "1", "--min-objects", "5", "--max-objects", "2"], "min_objects <= max_objects"),
+        (
+            ["movi", "generate", "{tmp}/gen", "--videos", "1", "--min-objects", "5", "--max-objects", "2"],
+            "min_objects <= max_objects",
+        ),
     ],
 )
 def test_cli_errors_are_one_line(shards, tmp_path, capsys, arguments, fragment):
@@ -495,9 +555,17 @@ def test_generator_videos_are_consistent(generated):
             for i in range(count):
                 pixels = segmentations[t] == i + 1
                 if pixels.sum() >= 10:
-                    centre_motion = (instances["image_positions"][i, t + 1] - instances["image_positions"][i, t])[::-1] * 24
+                    centre_motion = (instances["image_positions"][i, t + 1] - instances["image_positions"][i, t])[
+                        ::-1
+                    ] * 24
                     assert np.abs(forward[t][pixels].mean(axis=0) - centre_motion).max() < 1.0
-        assert {LABEL_NAMES["movi_mujoco"]["shape_label"][label] for label in instances["shape_label"]} <= {"box", "sphere", "cylinder", "capsule", "ellipsoid"}
+        assert {LABEL_NAMES["movi_mujoco"]["shape_label"][label] for label in instances["shape_label"]} <= {
+            "box",
+            "sphere",
+            "cylinder",
+            "capsule",
+            "ellipsoid",
+        }
 
 
 def test_generator_is_reproducible_and_resumes(generated, tmp_path):
@@ -519,5 +587,11 @@ def test_generated_videos_convert(generated, tmp_path):
     store = convert_movi(directory, tmp_path / "store", workers=0, progress=False)
     truth = store.episode(0).ground_truth()
     assert store.env_id == "movi/movi_mujoco" and truth["masks"].max() >= 1
-    assert set(truth["object_shape"][0][: truth["object_count"][0]]) <= {"box", "sphere", "cylinder", "capsule", "ellipsoid"}
+    assert set(truth["object_shape"][0][: truth["object_count"][0]]) <= {
+        "box",
+        "sphere",
+        "cylinder",
+        "capsule",
+        "ellipsoid",
+    }
     assert np.isfinite(truth["object_colour"][0, : truth["object_count"][0]]).all()

@@ -135,7 +135,9 @@ def test_preheater_and_transitioner_are_slot_permutation_equivariant():
     torch.manual_seed(0)
     queries, features, permutation = torch.randn(2, 5, 16), torch.randn(2, 30, 12), torch.randperm(5)
     preheater = QueryPreheater(16, 12, num_heads=2, mlp_hidden_dim=32)
-    assert torch.allclose(preheater(queries[:, permutation], features), preheater(queries, features)[:, permutation], atol=1e-5)
+    assert torch.allclose(
+        preheater(queries[:, permutation], features), preheater(queries, features)[:, permutation], atol=1e-5
+    )
     transitioner = SlotTransitioner(16, num_layers=2, num_heads=2, mlp_hidden_dim=32)
     assert torch.allclose(transitioner(queries[:, permutation]), transitioner(queries)[:, permutation], atol=1e-5)
 
@@ -249,7 +251,13 @@ def overfit(model, parameters, names, steps=30, lr=1e-2):
         sum(output.losses[name] for name in names).backward()
         optimizer.step()
         history.append(output.losses)
-    return {name: (np.mean([entry[name].item() for entry in history[:5]]), np.mean([entry[name].item() for entry in history[-5:]])) for name in history[0]}
+    return {
+        name: (
+            np.mean([entry[name].item() for entry in history[:5]]),
+            np.mean([entry[name].item() for entry in history[-5:]]),
+        )
+        for name in history[0]
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -267,7 +275,11 @@ def test_self_distilled_heads_learn_their_targets():
     # the preheater and the depth probe chase targets that move while the whole model trains;
     # with the rest frozen their targets hold still and their losses must fall
     model = tiny_model("smoothsa", seed=1)
-    parameters = [*model.preheater.parameters(), *model.initializer.parameters(), *model.decoder.depth_readout.parameters()]
+    parameters = [
+        *model.preheater.parameters(),
+        *model.initializer.parameters(),
+        *model.decoder.depth_readout.parameters(),
+    ]
     losses = overfit(model, parameters, ["preheat", "depth"], lr=3e-3)
     for name in ("preheat", "depth"):
         start, end = losses[name]
@@ -280,7 +292,9 @@ def test_preheater_gets_only_its_own_loss_and_aggregator_starts_from_stopped_que
     torch.manual_seed(0)
     model = build_perception(config)
     output = model(square_clip(2, 2))
-    assert output.loss.item() == pytest.approx(output.losses["reconstruction"].item() + 100 * output.losses["preheat"].item(), rel=1e-5)
+    assert output.loss.item() == pytest.approx(
+        output.losses["reconstruction"].item() + 100 * output.losses["preheat"].item(), rel=1e-5
+    )
     output.losses["reconstruction"].backward()
     # Eq. 17: no reconstruction gradient reaches the preheater or the (cold-start) initializer
     assert all(parameter.grad is None or not parameter.grad.any() for parameter in model.preheater.parameters())
@@ -298,14 +312,18 @@ def test_depth_is_a_probe_and_gradient_groups_split_by_loss():
     clip = square_clip(2, 2)
     model(clip, depth=torch.rand(2, 2, 32, 32)).losses["depth"].backward()
     # depth supervision trains the probe only: slots and masks are not shaped by it
-    assert any(parameter.grad is not None and parameter.grad.any() for parameter in model.decoder.depth_readout.parameters())
+    assert any(
+        parameter.grad is not None and parameter.grad.any() for parameter in model.decoder.depth_readout.parameters()
+    )
     for name, parameter in model.named_parameters():
         if not name.startswith("decoder.depth_readout."):
             assert parameter.grad is None or not parameter.grad.any(), name
     preheat, rest = model.gradient_groups()
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     assert {names[id(p)].split(".")[0] for p in preheat} == {"preheater"}
-    assert len(preheat) + len(rest) == len(list(model.parameters())) and not {id(p) for p in preheat} & {id(p) for p in rest}
+    assert len(preheat) + len(rest) == len(list(model.parameters())) and not {id(p) for p in preheat} & {
+        id(p) for p in rest
+    }
     assert len(tiny_model("slot_attention").gradient_groups()) == 1
 
 
@@ -371,7 +389,9 @@ def test_codes_from_masks_on_synthetic_masks():
     expected_x, expected_y = x[20:28].mean(), y[4:12].mean()
     step_x, step_y = 2 / width, 2 / height
     expected_size = math.sqrt(((64 - 1) / 12 * step_x**2 + (64 - 1) / 12 * step_y**2) / 2)  # discrete uniform variance
-    assert position[0, 1].tolist() == pytest.approx([expected_x.item(), expected_y.item(), expected_size, 0.3], abs=1e-5)
+    assert position[0, 1].tolist() == pytest.approx(
+        [expected_x.item(), expected_y.item(), expected_size, 0.3], abs=1e-5
+    )
     assert position[0, 2, :2].tolist() == pytest.approx([0.5, -0.25], abs=0.02)
     assert position[0, 2, 2].item() == pytest.approx(0.2 / 2, abs=0.01)  # a disc of radius r has size r / 2
     assert position[0, 2, 3].item() == pytest.approx(0.6)
@@ -394,7 +414,13 @@ def test_codes_from_masks_on_synthetic_masks():
 
 
 def test_slot_codes_schema():
-    codes = SlotCodes(torch.randn(2, 3, 5), torch.zeros(2, 3, 4), torch.ones(2, 3), masks=torch.full((2, 3, 4, 4), 1 / 3), depth_map=torch.rand(2, 4, 4))
+    codes = SlotCodes(
+        torch.randn(2, 3, 5),
+        torch.zeros(2, 3, 4),
+        torch.ones(2, 3),
+        masks=torch.full((2, 3, 4, 4), 1 / 3),
+        depth_map=torch.rand(2, 4, 4),
+    )
     arrays = codes.to_numpy()
     assert set(arrays) == {"slots", "position", "presence", "masks", "depth_map"}
     assert all(array.dtype == np.float32 for array in arrays.values())

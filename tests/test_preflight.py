@@ -23,7 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    return collect("ocrl/ObjectGoal-v0", 2, tmp_path_factory.mktemp("data") / "goal", num_envs=2, env_kwargs={"resolution": 16}, progress=False).path
+    return collect(
+        "ocrl/ObjectGoal-v0",
+        2,
+        tmp_path_factory.mktemp("data") / "goal",
+        num_envs=2,
+        env_kwargs={"resolution": 16},
+        progress=False,
+    ).path
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +38,41 @@ def video_store(tmp_path_factory) -> Path:
     """A store of videos without actions, as 'ocrl movi convert' writes."""
     path = tmp_path_factory.mktemp("data") / "videos"
     header = {
-        "env_id": "movi/test", "env_kwargs": {}, "seed": 0, "policy": {"kind": "none"}, "frame_source": "movi",
-        "frame_shape": [16, 16, 3], "action_space": {"type": "Box", "shape": [0], "dtype": "float32", "low": [], "high": []}, "ground_truth": [],
+        "env_id": "movi/test",
+        "env_kwargs": {},
+        "seed": 0,
+        "policy": {"kind": "none"},
+        "frame_source": "movi",
+        "frame_shape": [16, 16, 3],
+        "action_space": {"type": "Box", "shape": [0], "dtype": "float32", "low": [], "high": []},
+        "ground_truth": [],
     }
     writer = RolloutWriter(path, header)
-    writer.add(0, 0, np.zeros((13, 16, 16, 3), np.uint8), np.zeros((12, 0), np.float32), np.zeros(12), np.zeros(12, bool), np.zeros(12, bool))
+    writer.add(
+        0,
+        0,
+        np.zeros((13, 16, 16, 3), np.uint8),
+        np.zeros((12, 0), np.float32),
+        np.zeros(12),
+        np.zeros(12, bool),
+        np.zeros(12, bool),
+    )
     writer.close()
     return path
 
 
 @pytest.fixture
 def empty_store(tmp_path) -> Path:
-    header = {"env_id": "ocrl/ObjectGoal-v0", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [16, 16, 3], "action_space": {"type": "Discrete", "n": 4, "start": 0}, "ground_truth": []}
+    header = {
+        "env_id": "ocrl/ObjectGoal-v0",
+        "env_kwargs": {},
+        "seed": 0,
+        "policy": {"kind": "random"},
+        "frame_source": "observation",
+        "frame_shape": [16, 16, 3],
+        "action_space": {"type": "Discrete", "n": 4, "start": 0},
+        "ground_truth": [],
+    }
     RolloutWriter(tmp_path / "empty", header).close()
     return tmp_path / "empty"
 
@@ -102,18 +132,40 @@ def test_missing_and_empty_stores_are_refused(command, empty_store, tmp_path, ca
 def test_a_store_without_actions_is_refused_by_world_model_commands(video_store, tmp_path, capsys):
     status, err = run(capsys, "train-world-model", "--data", video_store, "--out", tmp_path / "out")
     assert_refused(status, err, "train-world-model", "no actions")
-    status, err = run(capsys, "eval-world-model", world_model(tmp_path / "world"), "--data", video_store, "--device", "cpu")
+    status, err = run(
+        capsys, "eval-world-model", world_model(tmp_path / "world"), "--data", video_store, "--device", "cpu"
+    )
     assert_refused(status, err, "eval-world-model", "no actions")
 
 
 def test_a_store_of_another_action_space_is_refused_by_eval_world_model(store, tmp_path, capsys):
     box = {"type": "Box", "shape": [2], "dtype": "float32", "low": [-1.0, -1.0], "high": [1.0, 1.0]}
-    status, err = run(capsys, "eval-world-model", world_model(tmp_path / "world", action_space=box), "--data", store, "--device", "cpu")
+    status, err = run(
+        capsys,
+        "eval-world-model",
+        world_model(tmp_path / "world", action_space=box),
+        "--data",
+        store,
+        "--device",
+        "cpu",
+    )
     assert_refused(status, err, "eval-world-model", "Discrete", "acts in")
 
 
 def test_viz_refuses_a_perception_model_other_than_the_world_models(store, tiny_perception, tmp_path, capsys):
-    status, err = run(capsys, "viz", tiny_perception, "--data", store, "--world-model", world_model(tmp_path / "world"), "--out", tmp_path / "pictures", "--device", "cpu")
+    status, err = run(
+        capsys,
+        "viz",
+        tiny_perception,
+        "--data",
+        store,
+        "--world-model",
+        world_model(tmp_path / "world"),
+        "--out",
+        tmp_path / "pictures",
+        "--device",
+        "cpu",
+    )
     assert_refused(status, err, "viz", "smoothsa-sprites", tiny_perception)
     assert not list(tmp_path.glob("pictures*"))
 
@@ -130,7 +182,9 @@ def test_viz_refuses_a_perception_model_other_than_the_world_models(store, tiny_
     ],
 )
 def test_cuda_on_a_machine_without_it_is_one_line(command, arguments, store, tmp_path, capsys):
-    status, err = run(capsys, command, *[argument.format(store=store, tmp=tmp_path) for argument in arguments], "--device", "cuda")
+    status, err = run(
+        capsys, command, *[argument.format(store=store, tmp=tmp_path) for argument in arguments], "--device", "cuda"
+    )
     assert_refused(status, err, command, "--device cuda", "CUDA is not available")
     assert not (tmp_path / "out").exists()
 
@@ -141,7 +195,9 @@ def test_a_bad_device_name_is_one_line(store, tmp_path, capsys):
 
 
 def test_an_output_file_that_is_a_directory_is_refused_before_evaluating(store, tmp_path, capsys):
-    status, err = run(capsys, "eval-perception", "smoothsa-sprites", "--data", store, "--out", tmp_path, "--device", "cpu")
+    status, err = run(
+        capsys, "eval-perception", "smoothsa-sprites", "--data", store, "--out", tmp_path, "--device", "cpu"
+    )
     assert_refused(status, err, "eval-perception", "is a directory")
 
 
@@ -157,17 +213,42 @@ def test_an_error_in_a_data_loader_worker_is_shown_as_the_original_error():
     with pytest.raises(CorruptFileError) as raised:
         next(iter(torch.utils.data.DataLoader(_Failing(), num_workers=1)))
     assert "Traceback" in str(raised.value)  # what torch hands over: the worker's whole traceback
-    assert _error_message(raised.value) == "/data/store/episodes/episode-000000.npz: frame 3 of 'frames' is corrupt (in a data loader worker)"
+    assert (
+        _error_message(raised.value)
+        == "/data/store/episodes/episode-000000.npz: frame 3 of 'frames' is corrupt (in a data loader worker)"
+    )
 
 
 def test_python_dash_m_ocrl_cli_runs_the_command(tmp_path):
     """What torchrun does: run the module as a script; it must run the command, not exit 0 doing nothing."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ocrl.cli", "collect", "--env", "ocrl/ObjectGoal-v0", "--env-kwargs", '{"resolution": 16}', "--episodes", "1", "--num-envs", "1", "--out", str(tmp_path / "store")]
+    command = [
+        sys.executable,
+        "-m",
+        "ocrl.cli",
+        "collect",
+        "--env",
+        "ocrl/ObjectGoal-v0",
+        "--env-kwargs",
+        '{"resolution": 16}',
+        "--episodes",
+        "1",
+        "--num-envs",
+        "1",
+        "--out",
+        str(tmp_path / "store"),
+    ]
     finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert (tmp_path / "store" / "manifest.json").is_file()
-    finished = subprocess.run([*command[:3], "collect", "--episodes", "0"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        [*command[:3], "collect", "--episodes", "0"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 2
 
 

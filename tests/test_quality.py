@@ -18,12 +18,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def goal_test(tmp_path_factory):
     """Held-out ObjectGoal episodes, seeded as the shipped model's metrics.json was measured."""
-    return collect("ocrl/ObjectGoal-v0", 12, tmp_path_factory.mktemp("data") / "goal-test", seed=1_000_000, progress=False).path
+    return collect(
+        "ocrl/ObjectGoal-v0", 12, tmp_path_factory.mktemp("data") / "goal-test", seed=1_000_000, progress=False
+    ).path
 
 
 def test_the_shipped_model_segments_held_out_object_goal_episodes(goal_test):
     """metrics.json reports video FG-ARI 0.87 over 36 episodes; 12 must stay well above chance."""
-    result = evaluate_perception(ocrl.load_perception(ocrl.DEFAULT_PERCEPTION, device="cpu"), goal_test, num_frames=24, progress=False)
+    result = evaluate_perception(
+        ocrl.load_perception(ocrl.DEFAULT_PERCEPTION, device="cpu"), goal_test, num_frames=24, progress=False
+    )
     assert result["videos"] >= 8
     assert result["fg_ari"] > 0.8 and result["fg_ari_frame"] > 0.8
 

@@ -49,7 +49,16 @@ def shrink(words: list[str]) -> list[str]:
         "collect": ["--episodes", str(min(6, int(value("--episodes", "6")))), "--num-envs", "2"],
         "pretrain": ["--steps", "2", "--batch-size", "2"],
         "eval-perception": ["--episodes", "2"],
-        "train-agent": ["--steps", "64", "--num-envs", "2", "--eval-episodes", "1", "--algo-kwargs", json.dumps(ALGORITHM_KWARGS[value("--algo", "ppo")])],
+        "train-agent": [
+            "--steps",
+            "64",
+            "--num-envs",
+            "2",
+            "--eval-episodes",
+            "1",
+            "--algo-kwargs",
+            json.dumps(ALGORITHM_KWARGS[value("--algo", "ppo")]),
+        ],
         "eval-agent": ["--episodes", "1"],
         "train-world-model": ["--steps", "2", "--batch-size", "2"],
         "eval-world-model": ["--windows", "4"],
@@ -80,5 +89,7 @@ def test_readme_block_runs(block, workdir, monkeypatch, capsys):
         status = main(shrink(words))
         captured = capsys.readouterr()
         assert status == 0, f"README block {block}: {line!r} failed: {captured.err[-2000:]}"
-    if skipped and len(skipped) == len([line for line in BLOCKS[block].splitlines() if shlex.split(line, comments=True)]):
+    if skipped and len(skipped) == len(
+        [line for line in BLOCKS[block].splitlines() if shlex.split(line, comments=True)]
+    ):
         pytest.skip("; ".join(dict.fromkeys(skipped)))

@@ -23,7 +23,12 @@ def test_a_cumulative_sum_cell_gives_cumsum_over_time():
 
 
 def _codes(batch: tuple[int, ...], masks: bool) -> SlotCodes:
-    return SlotCodes(torch.randn(*batch, 4, 8), torch.rand(*batch, 4, 4), torch.rand(*batch, 4), torch.rand(*batch, 4, 6, 6) if masks else None)
+    return SlotCodes(
+        torch.randn(*batch, 4, 8),
+        torch.rand(*batch, 4, 4),
+        torch.rand(*batch, 4),
+        torch.rand(*batch, 4, 6, 6) if masks else None,
+    )
 
 
 def test_slot_codes_stack_and_cat_along_time_and_keep_optional_fields_only_when_all_have_them():

@@ -55,14 +55,27 @@ def test_an_agent_checkpoint_naming_a_module_is_refused_before_its_env_is_made(p
     assert not planted_module.exists() and MODULE not in sys.modules
 
 
-def test_the_cli_refuses_in_one_line_and_imports_on_explicit_opt_in(planted_module, one_episode_store, tmp_path, capsys):
+def test_the_cli_refuses_in_one_line_and_imports_on_explicit_opt_in(
+    planted_module, one_episode_store, tmp_path, capsys
+):
     checkpoint = world_model_checkpoint(tmp_path / "world", f"{MODULE}:Evil-v0")
     status = main(["eval-world-model", str(checkpoint), "--data", str(one_episode_store), "--device", "cpu"])
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1 and "--env-module" in err
     assert not planted_module.exists()
     # the user names the module: it is imported, the checkpoint loads, and the run goes on to the next problem
-    status = main(["eval-world-model", str(checkpoint), "--data", str(one_episode_store), "--device", "cpu", "--env-module", MODULE])
+    status = main(
+        [
+            "eval-world-model",
+            str(checkpoint),
+            "--data",
+            str(one_episode_store),
+            "--device",
+            "cpu",
+            "--env-module",
+            MODULE,
+        ]
+    )
     err = capsys.readouterr().err
     assert planted_module.exists()
     assert status == 2 and "would import" not in err
@@ -75,7 +88,19 @@ def test_a_module_the_user_imported_is_allowed(planted_module, tmp_path):
 
 
 def test_an_unknown_env_module_is_one_line(capsys, tmp_path):
-    status = main(["collect", "--env", "ocrl/ObjectGoal-v0", "--episodes", "1", "--out", str(tmp_path / "s"), "--env-module", "no_such_module_here"])
+    status = main(
+        [
+            "collect",
+            "--env",
+            "ocrl/ObjectGoal-v0",
+            "--episodes",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+            "--env-module",
+            "no_such_module_here",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "no_such_module_here" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
@@ -85,7 +110,9 @@ def test_an_unknown_env_module_is_one_line(capsys, tmp_path):
 def one_episode_store(tmp_path):
     from ocrl.data.collect import collect
 
-    return collect("ocrl/ObjectGoal-v0", 1, tmp_path / "store", num_envs=1, env_kwargs={"resolution": 16}, progress=False).path
+    return collect(
+        "ocrl/ObjectGoal-v0", 1, tmp_path / "store", num_envs=1, env_kwargs={"resolution": 16}, progress=False
+    ).path
 
 
 def test_a_frame_that_inflates_beyond_its_size_is_corrupt(one_episode_store):

@@ -43,11 +43,21 @@ def replay(index: int, seed: int = 7) -> dict:
     actions_space = copy.deepcopy(env.action_space)
     actions_space.seed(episode_action_seed(seed, index))
     observation, info = env.reset(seed=seed + index)
-    episode = {"frames": [observation], "ground_truth": [info["ground_truth"]], "actions": [], "rewards": [], "terminated": [], "truncated": []}
+    episode = {
+        "frames": [observation],
+        "ground_truth": [info["ground_truth"]],
+        "actions": [],
+        "rewards": [],
+        "terminated": [],
+        "truncated": [],
+    }
     while True:
         action = actions_space.sample()
         observation, reward, terminated, truncated, info = env.step(action)
-        for key, value in zip(("frames", "ground_truth", "actions", "rewards", "terminated", "truncated"), (observation, info["ground_truth"], action, reward, terminated, truncated)):
+        for key, value in zip(
+            ("frames", "ground_truth", "actions", "rewards", "terminated", "truncated"),
+            (observation, info["ground_truth"], action, reward, terminated, truncated),
+        ):
             episode[key].append(value)
         if terminated or truncated:
             return episode
@@ -169,7 +179,10 @@ def test_episode_file_without_manifest_entry_and_temp_files_recover(store_copy):
     manifest = json.loads((store_copy / MANIFEST_NAME).read_text())
     manifest["episodes"] = manifest["episodes"][:2]
     (store_copy / MANIFEST_NAME).write_text(json.dumps(manifest))
-    leftovers = [store_copy / "episodes" / ".episode-000004.npz.0a1b2c3d.tmp", store_copy / f".{MANIFEST_NAME}.0a1b2c3d.tmp"]
+    leftovers = [
+        store_copy / "episodes" / ".episode-000004.npz.0a1b2c3d.tmp",
+        store_copy / f".{MANIFEST_NAME}.0a1b2c3d.tmp",
+    ]
     for leftover in leftovers:
         leftover.write_bytes(b"half a file")
 
@@ -203,7 +216,14 @@ def test_damaged_episode_file_names_the_file(store_copy, damage):
 def test_any_flipped_bit_gives_the_same_arrays_or_an_error_naming_the_file(store_copy):
     def read_all(store):
         episode = store.episode(0)
-        return [episode.frames(), *episode.ground_truth().values(), episode.actions, episode.rewards, episode.terminated, episode.truncated]
+        return [
+            episode.frames(),
+            *episode.ground_truth().values(),
+            episode.actions,
+            episode.rewards,
+            episode.terminated,
+            episode.truncated,
+        ]
 
     expected = read_all(RolloutStore.open(store_copy))
     path = store_copy / "episodes" / "episode-000000.npz"

@@ -29,7 +29,9 @@ def test_learning_rate_warms_up_then_decays():
     factors = [learning_rate_factor(step, config) for step in range(config.steps)]
     peak = int(np.argmax(factors))
     assert peak == config.warmup_steps - 1 and factors[0] < 0.01 and factors[peak] == 1.0
-    assert np.all(np.diff(factors[peak:]) <= 0) and factors[-1] == pytest.approx(config.final_learning_rate_fraction, abs=1e-3)
+    assert np.all(np.diff(factors[peak:]) <= 0) and factors[-1] == pytest.approx(
+        config.final_learning_rate_fraction, abs=1e-3
+    )
 
 
 def test_pretrain_writes_a_checkpoint_and_resumes(store, tmp_path):
@@ -47,7 +49,24 @@ def test_pretrain_writes_a_checkpoint_and_resumes(store, tmp_path):
     with pytest.raises(OcrlError, match="another model config"):
         pretrain(store.path, out, family="tf_inv", steps=3, batch_size=2, progress=False)
     # the finished run again, through the CLI: one line, exit 0, the checkpoint untouched
-    assert main(["pretrain", "--data", str(store.path), "--out", str(out), "--model", "smoothsa", "--steps", "3", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(store.path),
+                "--out",
+                str(out),
+                "--model",
+                "smoothsa",
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert load_trainer_state(out)["step"] == 3
 
 
@@ -70,9 +89,37 @@ def test_evaluation_scores_lie_in_range_and_pictures_are_written(store, tmp_path
     assert result["videos"] == 3 and result["frames_per_video"] == 5
     for name in ("fg_ari", "fg_ari_frame", "miou", "mbo"):
         assert -1.0 <= result[name] <= 1.0
-    assert main(["eval-perception", str(out), "--data", str(store.path), "--frames", "4", "--out", str(tmp_path / "scores.json")]) == 0
+    assert (
+        main(
+            [
+                "eval-perception",
+                str(out),
+                "--data",
+                str(store.path),
+                "--frames",
+                "4",
+                "--out",
+                str(tmp_path / "scores.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "scores.json").read_text())["frames_per_video"] == 4
-    assert main(["viz", str(out), "--data", str(store.path), "--frames", "3", "--out", str(tmp_path / "pictures" / "episode")]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                str(out),
+                "--data",
+                str(store.path),
+                "--frames",
+                "3",
+                "--out",
+                str(tmp_path / "pictures" / "episode"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "pictures" / "episode.png").stat().st_size > 0
     assert (tmp_path / "pictures" / "episode.gif").stat().st_size > 0
 
@@ -114,7 +161,9 @@ class _OracleModel(torch.nn.Module):
         return None, types.SimpleNamespace(slots=masks)
 
     def decode(self, slots):
-        return types.SimpleNamespace(masks=slots, reconstruction=torch.zeros(len(slots), 3, self.resolution, self.resolution))
+        return types.SimpleNamespace(
+            masks=slots, reconstruction=torch.zeros(len(slots), 3, self.resolution, self.resolution)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +171,16 @@ def painted_store(tmp_path_factory):
     """Two episodes of 4 frames, 16x16: three 4x4 squares (ids 1-3) moving right, painted with their ids."""
     from ocrl.data.store import RolloutWriter
 
-    header = {"env_id": "ocrl/test", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [16, 16, 3], "action_space": {"type": "Discrete", "n": 2, "start": 0}, "ground_truth": ["masks"]}
+    header = {
+        "env_id": "ocrl/test",
+        "env_kwargs": {},
+        "seed": 0,
+        "policy": {"kind": "random"},
+        "frame_source": "observation",
+        "frame_shape": [16, 16, 3],
+        "action_space": {"type": "Discrete", "n": 2, "start": 0},
+        "ground_truth": ["masks"],
+    }
     path = tmp_path_factory.mktemp("painted") / "store"
     writer = RolloutWriter(path, header)
     for episode in range(2):
@@ -132,7 +190,16 @@ def painted_store(tmp_path_factory):
                 masks[t, row : row + 4, t + episode : t + episode + 4] = object_id
         frames = np.zeros((4, 16, 16, 3), np.uint8)
         frames[..., 0] = masks * 60
-        writer.add(episode, episode, frames, np.zeros(3, np.int64), np.zeros(3), np.zeros(3, bool), np.zeros(3, bool), [{"masks": m} for m in masks])
+        writer.add(
+            episode,
+            episode,
+            frames,
+            np.zeros(3, np.int64),
+            np.zeros(3),
+            np.zeros(3, bool),
+            np.zeros(3, bool),
+            [{"masks": m} for m in masks],
+        )
     writer.close()
     return path
 
@@ -142,7 +209,9 @@ def test_evaluate_perception_gives_known_answers(painted_store):
 
     perfect = evaluate_perception(_OracleModel(4, 16), painted_store, num_frames=4, progress=False)
     assert perfect["videos"] == 2
-    assert {name: perfect[name] for name in ("fg_ari", "fg_ari_frame", "miou", "mbo")} == pytest.approx({"fg_ari": 1.0, "fg_ari_frame": 1.0, "miou": 1.0, "mbo": 1.0})
+    assert {name: perfect[name] for name in ("fg_ari", "fg_ari_frame", "miou", "mbo")} == pytest.approx(
+        {"fg_ari": 1.0, "fg_ari_frame": 1.0, "miou": 1.0, "mbo": 1.0}
+    )
     # one slot holds objects 1 and 2 (equal areas): best overlaps 1/2, 1/2, 1 -> mBO 2/3; a
     # one-to-one matching leaves object 2 unmatched -> mIoU (1/2 + 0 + 1) / 3 = 1/2
     merged = evaluate_perception(_OracleModel(4, 16, merge={2: 1}), painted_store, num_frames=4, progress=False)
@@ -150,4 +219,6 @@ def test_evaluate_perception_gives_known_answers(painted_store):
     truth = np.repeat([1, 2, 3], 4 * 16)  # a video: 4 frames of 16 pixels per object
     assert merged["fg_ari"] == pytest.approx(adjusted_rand_score(truth, np.where(truth == 2, 1, truth)))
     per_frame = np.repeat([1, 2, 3], 16)
-    assert merged["fg_ari_frame"] == pytest.approx(adjusted_rand_score(per_frame, np.where(per_frame == 2, 1, per_frame)))
+    assert merged["fg_ari_frame"] == pytest.approx(
+        adjusted_rand_score(per_frame, np.where(per_frame == 2, 1, per_frame))
+    )

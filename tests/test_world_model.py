@@ -41,7 +41,15 @@ ENV_KWARGS = {"resolution": 32}
 
 
 def small_config(**overrides) -> WorldModelConfig:
-    values = {"num_slots": 3, "slot_dim": 16, "history": 4, "width": 32, "num_layers": 2, "num_heads": 2, "env_kwargs": ENV_KWARGS}
+    values = {
+        "num_slots": 3,
+        "slot_dim": 16,
+        "history": 4,
+        "width": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "env_kwargs": ENV_KWARGS,
+    }
     return WorldModelConfig(**{**values, **overrides})
 
 
@@ -63,14 +71,28 @@ def trained_like(model: SlotWorldModel) -> SlotWorldModel:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return collect("ocrl/ObjectGoal-v0", 6, tmp_path_factory.mktemp("data") / "goal", num_envs=3, env_kwargs=ENV_KWARGS, progress=False)
+    return collect(
+        "ocrl/ObjectGoal-v0",
+        6,
+        tmp_path_factory.mktemp("data") / "goal",
+        num_envs=3,
+        env_kwargs=ENV_KWARGS,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def world_model(store, tiny_perception, tmp_path_factory):
     training = WorldModelTrainingConfig(steps=4, batch_size=4, rollout_steps=2, checkpoint_every=2)
     out = tmp_path_factory.mktemp("world") / "model"
-    train_world_model(store.path, out, tiny_perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+    train_world_model(
+        store.path,
+        out,
+        tiny_perception,
+        model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        training=training,
+        progress=False,
+    )
     return str(out)
 
 
@@ -79,7 +101,12 @@ def test_attention_is_causal_in_time_and_full_across_a_step():
     codes, actions = random_codes(2, 4), torch.randint(0, 4, (2, 4))
     output = model(codes, actions)
     later = random_codes(2, 4, seed=1)
-    changed = SlotCodes(*(torch.cat([getattr(codes, key)[:, :2], getattr(later, key)[:, 2:]], 1) for key in ("slots", "position", "presence")))
+    changed = SlotCodes(
+        *(
+            torch.cat([getattr(codes, key)[:, :2], getattr(later, key)[:, 2:]], 1)
+            for key in ("slots", "position", "presence")
+        )
+    )
     changed_output = model(changed, actions)
     torch.testing.assert_close(changed_output.codes.slots[:, :2], output.codes.slots[:, :2])
     torch.testing.assert_close(changed_output.reward[:, :2], output.reward[:, :2])
@@ -129,7 +156,10 @@ def test_code_cache_holds_the_codes_the_wrappers_see(store, tiny_perception, tmp
         start = codes.frame_offsets[index]
         got = codes.frames["slots"][start : start + episode.length + 1].numpy()
         np.testing.assert_allclose(got, np.concatenate([step["slots"] for step in expected]), atol=1e-3)
-        np.testing.assert_array_equal(codes.steps["actions"][codes.step_offsets[index] : codes.step_offsets[index] + episode.length].numpy(), episode.actions)
+        np.testing.assert_array_equal(
+            codes.steps["actions"][codes.step_offsets[index] : codes.step_offsets[index] + episode.length].numpy(),
+            episode.actions,
+        )
     # encoding again skips the cached episodes; another perception model's codes are refused
     stamps = [path.stat().st_mtime_ns for path in sorted(cache.glob("episode-*.npz"))]
     encode_store(perception, store, cache, progress=False)
@@ -162,15 +192,31 @@ def test_training_writes_a_checkpoint_and_resumes(world_model, store, tiny_perce
     assert model.config.perception == tiny_perception and model.config.action_space["n"] == 4
     assert model.config.env_id == "ocrl/ObjectGoal-v0" and model.config.env_kwargs == ENV_KWARGS
     metrics = json.loads((__import__("pathlib").Path(world_model) / "metrics.json").read_text())
-    assert metrics["step"] == 4 and metrics["done"] and set(metrics["terms"]) >= {"slots", "reward", "continue", "rollout"}
+    assert (
+        metrics["step"] == 4 and metrics["done"] and set(metrics["terms"]) >= {"slots", "reward", "continue", "rollout"}
+    )
     before = {name: value.clone() for name, value in model.state_dict().items()}
     training = WorldModelTrainingConfig(steps=6, batch_size=4, rollout_steps=2, checkpoint_every=2)
-    train_world_model(store.path, world_model, tiny_perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+    train_world_model(
+        store.path,
+        world_model,
+        tiny_perception,
+        model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        training=training,
+        progress=False,
+    )
     assert json.loads((__import__("pathlib").Path(world_model) / "metrics.json").read_text())["step"] == 6
     after = load_world_model(world_model).state_dict()
     assert any(not torch.equal(before[name], after[name]) for name in before)
     with pytest.raises(OcrlError, match="another model"):
-        train_world_model(store.path, world_model, tiny_perception, model_config={"history": 3, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, progress=False)
+        train_world_model(
+            store.path,
+            world_model,
+            tiny_perception,
+            model_config={"history": 3, "width": 32, "num_layers": 1, "num_heads": 2},
+            training=training,
+            progress=False,
+        )
 
 
 def test_training_lowers_the_loss(store, tiny_perception):
@@ -213,7 +259,11 @@ def test_cached_steps_give_what_the_model_gives_on_the_whole_episode():
 
 def test_imagination_vec_env_steps_truncates_and_restarts(world_model):
     model = trained_like(load_world_model(world_model))
-    starts = {"slots": np.random.default_rng(0).normal(size=(5, 3, 16)).astype(np.float32), "position": np.full((5, 3, 4), 0.5, np.float32), "presence": np.full((5, 3), 0.5, np.float32)}
+    starts = {
+        "slots": np.random.default_rng(0).normal(size=(5, 3, 16)).astype(np.float32),
+        "position": np.full((5, 3, 4), 0.5, np.float32),
+        "presence": np.full((5, 3), 0.5, np.float32),
+    }
     venv = ImaginationVecEnv(model, starts, num_envs=3, max_episode_steps=7, seed=0)
     observation = venv.reset()
     assert all(any(np.array_equal(observation["slots"][i], start) for start in starts["slots"]) for i in range(3))
@@ -240,7 +290,9 @@ def test_imagined_box_actions_step_as_the_model_predicts():
     episodes = ImaginedEpisodes(model, 2)
     episodes.observe(codes[:, 0])
     first = episodes.step(actions[:, 0].numpy())
-    torch.testing.assert_close(first.codes.slots, model(codes[:, :1], actions[:, :1]).codes.slots[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        first.codes.slots, model(codes[:, :1], actions[:, :1]).codes.slots[:, 0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_imagination_defaults_and_sb3_queries(world_model):
@@ -253,7 +305,9 @@ def test_imagination_defaults_and_sb3_queries(world_model):
     assert starts["slots"].shape == (2, model.config.num_slots, model.config.slot_dim)
     assert not np.array_equal(starts["slots"][0], starts["slots"][1])  # episodes seeded 0 and 1: two scenes
     venv = ImaginationVecEnv(model, starts, num_envs=3)
-    assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [False]
+    assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [
+        False
+    ]
     # VecEnv.seed then reset reproduces, for a single env too
     resets = []
     for _ in range(2):
@@ -268,7 +322,11 @@ def test_imagination_defaults_and_sb3_queries(world_model):
 
 def test_imagination_env_passes_the_env_checkers(world_model):
     model = load_world_model(world_model)
-    starts = {"slots": np.zeros((2, 3, 16), np.float32), "position": np.full((2, 3, 4), 0.5, np.float32), "presence": np.full((2, 3), 0.5, np.float32)}
+    starts = {
+        "slots": np.zeros((2, 3, 16), np.float32),
+        "position": np.full((2, 3, 4), 0.5, np.float32),
+        "presence": np.full((2, 3), 0.5, np.float32),
+    }
     env = ImaginationEnv(model, starts, max_episode_steps=5)
     gym_check_env(env, skip_render_check=True)
     sb3_check_env(ImaginationEnv(model, starts, max_episode_steps=5))
@@ -303,13 +361,29 @@ def test_open_loop_of_an_untrained_model_is_the_copy_last_baseline(store, tiny_p
 def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_model, tiny_perception, tmp_path):
     from ocrl.agents import AgentConfig, load_agent, train_agent
 
-    config = AgentConfig(env_id="ocrl/ObjectGoal-v0", perception=tiny_perception, env_kwargs=ENV_KWARGS, imagination=world_model, algo_kwargs={"n_steps": 16, "batch_size": 32})
+    config = AgentConfig(
+        env_id="ocrl/ObjectGoal-v0",
+        perception=tiny_perception,
+        env_kwargs=ENV_KWARGS,
+        imagination=world_model,
+        algo_kwargs={"n_steps": 16, "batch_size": 32},
+    )
     metrics = train_agent(config, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
     assert metrics["episodes"] == 2 and 0 <= metrics["success_rate"] <= 1
     assert load_agent(tmp_path / "agent")[1].imagination == world_model
     with pytest.raises(OcrlError, match="models codes of perception"):
-        train_agent(AgentConfig(env_id="ocrl/ObjectGoal-v0", env_kwargs=ENV_KWARGS, imagination=world_model), tmp_path / "other", steps=16, progress=False)
-    continuous = AgentConfig(env_id="ocrl/ObjectGoal-v0", perception=tiny_perception, env_kwargs={**ENV_KWARGS, "continuous": True}, imagination=world_model)
+        train_agent(
+            AgentConfig(env_id="ocrl/ObjectGoal-v0", env_kwargs=ENV_KWARGS, imagination=world_model),
+            tmp_path / "other",
+            steps=16,
+            progress=False,
+        )
+    continuous = AgentConfig(
+        env_id="ocrl/ObjectGoal-v0",
+        perception=tiny_perception,
+        env_kwargs={**ENV_KWARGS, "continuous": True},
+        imagination=world_model,
+    )
     with pytest.raises(OcrlError, match="acts in"):
         train_agent(continuous, tmp_path / "continuous", steps=16, progress=False)
     with pytest.raises(ValueError, match="imagination on slot codes"):
@@ -318,15 +392,67 @@ def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_mode
 
 def test_cli_trains_and_evaluates_a_world_model(store, tiny_perception, tmp_path, capsys):
     out = tmp_path / "world"
-    arguments = ["--data", str(store.path), "--perception", tiny_perception, "--out", str(out), "--steps", "2", "--batch-size", "2", "--history", "4", "--rollout-steps", "1"]
+    arguments = [
+        "--data",
+        str(store.path),
+        "--perception",
+        tiny_perception,
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--history",
+        "4",
+        "--rollout-steps",
+        "1",
+    ]
     assert main(["train-world-model", *arguments]) == 0
-    assert main(["eval-world-model", str(out), "--data", str(store.path), "--horizons", "1", "2", "--context", "2", "--out", str(tmp_path / "scores.json")]) == 0
+    assert (
+        main(
+            [
+                "eval-world-model",
+                str(out),
+                "--data",
+                str(store.path),
+                "--horizons",
+                "1",
+                "2",
+                "--context",
+                "2",
+                "--out",
+                str(tmp_path / "scores.json"),
+            ]
+        )
+        == 0
+    )
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert set(scores["open_loop"]) == {"1", "2"}
-    assert main(["viz", tiny_perception, "--data", str(store.path), "--world-model", str(out), "--frames", "5", "--context", "2", "--out", str(tmp_path / "imagined")]) == 0
+    assert (
+        main(
+            [
+                "viz",
+                tiny_perception,
+                "--data",
+                str(store.path),
+                "--world-model",
+                str(out),
+                "--frames",
+                "5",
+                "--context",
+                "2",
+                "--out",
+                str(tmp_path / "imagined"),
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
-    assert Image.open(tmp_path / "imagined.png").size[1] > 4 * 32 and Image.open(tmp_path / "imagined.gif").n_frames == 5
+    assert (
+        Image.open(tmp_path / "imagined.png").size[1] > 4 * 32 and Image.open(tmp_path / "imagined.gif").n_frames == 5
+    )
     capsys.readouterr()
     assert main(["train-world-model", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "w")]) == 2
     assert main(["eval-world-model", tiny_perception, "--data", str(store.path)]) == 2
@@ -343,10 +469,20 @@ def test_the_cache_lives_in_the_store_by_default(store, tiny_perception):
 
 
 def _distributed_worker(rank: int, world_size: int, port: int, data: str, perception: str, out: str) -> None:
-    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     training = WorldModelTrainingConfig(steps=2, batch_size=2, rollout_steps=2)
-    train_world_model(data, out, perception, model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2}, training=training, device="cpu", progress=False)
+    train_world_model(
+        data,
+        out,
+        perception,
+        model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        training=training,
+        device="cpu",
+        progress=False,
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -357,7 +493,9 @@ def test_distributed_training_with_two_gloo_processes(store, tiny_perception, tm
         handle.bind(("127.0.0.1", 0))
         port = handle.getsockname()[1]
     out = tmp_path / "model"
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _distributed_worker, args=(2, port, str(store.path), tiny_perception, str(out)), nprocs=2, join=True
+    )
     assert json.loads((out / "metrics.json").read_text())["step"] == 2
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # only rank 0 wrote
 
@@ -369,12 +507,24 @@ def hand_made_store(tmp_path, perception) -> Path:
     from ocrl.data.store import RolloutWriter, _save_npz, episode_file_name, write_atomically
     from ocrl.world_models.codes import INFO_FILE, perception_fingerprint
 
-    header = {"env_id": "ocrl/ObjectGoal-v0", "env_kwargs": {}, "seed": 0, "policy": {"kind": "random"}, "frame_source": "observation", "frame_shape": [8, 8, 3], "action_space": {"type": "Discrete", "n": 4, "start": 0}, "ground_truth": []}
+    header = {
+        "env_id": "ocrl/ObjectGoal-v0",
+        "env_kwargs": {},
+        "seed": 0,
+        "policy": {"kind": "random"},
+        "frame_source": "observation",
+        "frame_shape": [8, 8, 3],
+        "action_space": {"type": "Discrete", "n": 4, "start": 0},
+        "ground_truth": [],
+    }
     path = tmp_path / "hand-made"
     writer = RolloutWriter(path, header)
     cache = path / "codes" / perception_fingerprint(perception)
     cache.mkdir(parents=True)
-    write_atomically(cache / INFO_FILE, lambda file: file.write(json.dumps({"fingerprint": perception_fingerprint(perception)}).encode()))
+    write_atomically(
+        cache / INFO_FILE,
+        lambda file: file.write(json.dumps({"fingerprint": perception_fingerprint(perception)}).encode()),
+    )
     for index, (steps, reward_steps, reward, terminal) in enumerate([(12, [11], 1.0, True), (7, [3, 5], 0.5, False)]):
         rewards, terminated, truncated = np.zeros(steps), np.zeros(steps, bool), np.zeros(steps, bool)
         rewards[reward_steps] = reward
@@ -386,7 +536,10 @@ def hand_made_store(tmp_path, perception) -> Path:
             "slots": np.broadcast_to(ramp[:, None, None], (steps + 1, 3, 16)).copy(),
             "position": np.zeros((steps + 1, 3, 4), np.float32),
             "presence": np.ones((steps + 1, 3), np.float32),
-            "actions": actions, "rewards": rewards.astype(np.float32), "terminated": terminated, "truncated": truncated,
+            "actions": actions,
+            "rewards": rewards.astype(np.float32),
+            "terminated": terminated,
+            "truncated": truncated,
         }
         write_atomically(cache / episode_file_name(index), lambda file, codes=codes: _save_npz(file, codes))
     writer.close()
@@ -405,7 +558,9 @@ def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception
     perception = ocrl.load_perception(tiny_perception)
     path = hand_made_store(tmp_path, perception)
     model = constant_heads(SlotWorldModel(small_config(perception=tiny_perception)), reward=0.0, continue_logit=3.0)
-    result = evaluate_world_model(model, path, perception, horizons=(1, 3), context=2, stride=2, max_windows=None, progress=False)
+    result = evaluate_world_model(
+        model, path, perception, horizons=(1, 3), context=2, stride=2, max_windows=None, progress=False
+    )
     # windows of context - 1 + 3 = 4 steps every 2 steps: 0, 2, 4, 6, 8 of episode 0 and 0, 2 of episode 1
     assert result["windows"] == 7 and result["episodes"] == 2
     # the untrained model holds the last true codes still; on a ramp of slope 1 it is off by h at horizon h
@@ -426,8 +581,12 @@ def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception
     model = constant_heads(model, reward=0.6, continue_logit=3.0)
     result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
     assert result["reward_precision"] == round(2 / 19, 5) and result["reward_recall"] == round(2 / 3, 5)
+
+
 def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, tiny_perception):
-    assert isinstance(ocrl.load(world_model), SlotWorldModel) and not isinstance(ocrl.load(tiny_perception), SlotWorldModel)
+    assert isinstance(ocrl.load(world_model), SlotWorldModel) and not isinstance(
+        ocrl.load(tiny_perception), SlotWorldModel
+    )
     with pytest.raises(CheckpointError, match="slot_world_model checkpoint, not a perception model"):
         ocrl.load_perception(world_model)
     # a fresh process: core ocrl imports neither world models nor agents, and the kind table
@@ -438,5 +597,7 @@ def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, t
         "try:\n    ocrl.load_perception(sys.argv[1])\nexcept ocrl.checkpoint.CheckpointError as error:\n    print(error)\n"
         "print(type(ocrl.load(sys.argv[1])).__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(world_model)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(world_model)], capture_output=True, text=True, check=True
+    )
     assert "not a perception model" in result.stdout and result.stdout.strip().endswith("SlotWorldModel")

@@ -112,7 +112,9 @@ def single_env_codes(tiny_perception, seeds, actions, steps):
 
 def test_gymnasium_vector_wrapper_matches_single_env_wrapper_across_autoresets(tiny_perception):
     num_envs, steps = 3, 4
-    vector = ObjectCentricVectorObservation(gym.vector.SyncVectorEnv([lambda: sprite_env(steps)] * num_envs), tiny_perception)
+    vector = ObjectCentricVectorObservation(
+        gym.vector.SyncVectorEnv([lambda: sprite_env(steps)] * num_envs), tiny_perception
+    )
     actions = np.random.default_rng(0).integers(0, 4, size=(10, num_envs))
     codes, _ = vector.reset(seed=[10, 20, 30])
     assert vector.observation_space.contains(codes)
@@ -131,7 +133,9 @@ def test_same_step_autoreset_matches_single_env_wrapper(tiny_perception):
     """SAME_STEP: the step that ends an episode returns the next episode's reset frame, which
     must be encoded as a first frame, as the single-env wrapper encodes it after reset()."""
     num_envs, steps, seeds = 3, 4, [10, 20, 30]
-    envs = gym.vector.SyncVectorEnv([lambda: sprite_env(steps)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: sprite_env(steps)] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )
     vector = ObjectCentricVectorObservation(envs, tiny_perception)
     actions = np.random.default_rng(1).integers(0, 4, size=(10, num_envs))
     codes, _ = vector.reset(seed=seeds)
@@ -174,7 +178,10 @@ def test_sb3_vec_env_wrapper_matches_single_env_wrapper_and_encodes_terminal_fra
             np.testing.assert_allclose(codes["slots"][index], expected[index][position[index]]["slots"], atol=1e-3)
 
 
-@pytest.mark.parametrize("env_id, kwargs", [("MiniGrid-DoorKey-5x5-v0", {"tile_size": 8}), ("dm_control/cartpole-swingup-v0", {"resolution": 48})])
+@pytest.mark.parametrize(
+    "env_id, kwargs",
+    [("MiniGrid-DoorKey-5x5-v0", {"tile_size": 8}), ("dm_control/cartpole-swingup-v0", {"resolution": 48})],
+)
 def test_adapters_wrap(tiny_perception, env_id, kwargs):
     env = ObjectCentricObservation(ocrl.envs.make(env_id, **kwargs), tiny_perception)
     codes, _ = env.reset(seed=0)

@@ -69,20 +69,31 @@ def encode_store(
     store = store if isinstance(store, RolloutStore) else RolloutStore.open(store)
     fingerprint = perception_fingerprint(model)
     cache = Path(cache) if cache is not None else default_cache(store, model)
-    info = {"perception": perception, "fingerprint": fingerprint, "store": str(Path(store.path).resolve()), "env_id": store.env_id}
+    info = {
+        "perception": perception,
+        "fingerprint": fingerprint,
+        "store": str(Path(store.path).resolve()),
+        "env_id": store.env_id,
+    }
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OcrlError(f"cannot create the code cache {cache}: {error.strerror}; pass another cache directory") from None
+        raise OcrlError(
+            f"cannot create the code cache {cache}: {error.strerror}; pass another cache directory"
+        ) from None
     info_path = cache / INFO_FILE
     if info_path.exists():
         known = _read_info(info_path)
         if known.get("fingerprint") != fingerprint:
-            raise OcrlError(f"{cache} holds codes of another perception model (fingerprint {known.get('fingerprint')}, this one {fingerprint}); pass another cache directory")
+            raise OcrlError(
+                f"{cache} holds codes of another perception model (fingerprint {known.get('fingerprint')}, this one {fingerprint}); pass another cache directory"
+            )
     else:
         write_atomically(info_path, lambda file: file.write(json.dumps(info, indent=1).encode()))
     todo = [i for i in range(len(store)) if not (cache / episode_file_name(i)).exists()]
-    bar = tqdm(total=len(store), initial=len(store) - len(todo), unit="episode", desc="encode codes", disable=not progress)
+    bar = tqdm(
+        total=len(store), initial=len(store) - len(todo), unit="episode", desc="encode codes", disable=not progress
+    )
     try:
         for start in range(0, len(todo), episodes_per_batch):
             chunk = todo[start : start + episodes_per_batch]
@@ -111,7 +122,10 @@ def encode_videos(model: torch.nn.Module, videos: list[np.ndarray]) -> list[dict
     padded = np.stack([np.concatenate([video, np.repeat(video[-1:], length - len(video), 0)]) for video in videos])
     encoder = SlotEncoder(model, num_streams=len(videos), keys=CODE_KEYS)
     steps = [encoder.encode(padded[:, t], np.full(len(videos), t == 0)) for t in range(length)]
-    return [{key: np.stack([step[key][row] for step in steps[: len(video)]]) for key in CODE_KEYS} for row, video in enumerate(videos)]
+    return [
+        {key: np.stack([step[key][row] for step in steps[: len(video)]]) for key in CODE_KEYS}
+        for row, video in enumerate(videos)
+    ]
 
 
 @dataclass
@@ -126,7 +140,13 @@ class Window:
     valid: torch.Tensor  # (B, L) float
 
     def to(self, device: torch.device | str) -> Window:
-        return Window(self.codes.to(device), self.actions.to(device), self.rewards.to(device), self.continues.to(device), self.valid.to(device))
+        return Window(
+            self.codes.to(device),
+            self.actions.to(device),
+            self.rewards.to(device),
+            self.continues.to(device),
+            self.valid.to(device),
+        )
 
 
 class CodeCache:
@@ -193,11 +213,19 @@ class CodeCache:
         position = starts[:, None] + offsets[None]  # (B, L)
         last = self.lengths[episodes][:, None]
         valid = position < last
-        frame_index = self.frame_offsets[episodes][:, None] + np.minimum(np.concatenate([position, position[:, -1:] + 1], 1), last)
+        frame_index = self.frame_offsets[episodes][:, None] + np.minimum(
+            np.concatenate([position, position[:, -1:] + 1], 1), last
+        )
         step_index = self.step_offsets[episodes][:, None] + np.minimum(position, last - 1)
         codes = SlotCodes(**{key: value[torch.from_numpy(frame_index)] for key, value in self.frames.items()})
         step = {key: value[torch.from_numpy(step_index)] for key, value in self.steps.items()}
-        return Window(codes, step["actions"], step["rewards"].float(), 1.0 - step["terminated"].float(), torch.from_numpy(valid).float())
+        return Window(
+            codes,
+            step["actions"],
+            step["rewards"].float(),
+            1.0 - step["terminated"].float(),
+            torch.from_numpy(valid).float(),
+        )
 
     def sample(self, batch_size: int, length: int, generator: np.random.Generator, end_fraction: float = 0.0) -> Window:
         """Random windows: episodes drawn in proportion to their length, starts uniform; a
@@ -224,5 +252,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError):
         info = None
     if not isinstance(info, dict):
-        raise CorruptFileError(f"{path}: not a code cache's info (invalid JSON); delete the cache directory and encode again")
+        raise CorruptFileError(
+            f"{path}: not a code cache's info (invalid JSON); delete the cache directory and encode again"
+        )
     return info

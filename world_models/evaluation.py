@@ -100,9 +100,15 @@ def evaluate_world_model(
     device = model.device
     horizon = max(horizons)
     length = context - 1 + horizon
-    starts = [(episode, start) for episode, steps in enumerate(codes.lengths) for start in range(0, int(steps) - length + 1, stride)]
+    starts = [
+        (episode, start)
+        for episode, steps in enumerate(codes.lengths)
+        for start in range(0, int(steps) - length + 1, stride)
+    ]
     if not starts:
-        raise OcrlError(f"no episode of {store.path} has the {length + 1} frames that context {context} and horizon {horizon} need")
+        raise OcrlError(
+            f"no episode of {store.path} has the {length + 1} frames that context {context} and horizon {horizon} need"
+        )
     if max_windows is not None and len(starts) > max_windows:
         starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
     has_masks = "masks" in store.ground_truth_keys
@@ -114,7 +120,9 @@ def evaluate_world_model(
         truth = window.codes.to(device)
         predicted = open_loop(model, truth, window.actions.to(device), context, horizon)
         target = truth[:, context:]
-        copied = SlotCodes(*(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in CODE_KEYS))
+        copied = SlotCodes(
+            *(getattr(truth[:, context - 1 : context], key).expand_as(getattr(target, key)) for key in CODE_KEYS)
+        )
         scores = {
             "slot_mse": slot_error(predicted, target, slot_std),
             "slot_mse_copy_last": slot_error(copied, target, slot_std),
@@ -122,23 +130,39 @@ def evaluate_world_model(
             "position_mse_copy_last": position_error(copied, target),
         }
         frames = np.stack([store.episode(e).frames(s + context, s + context + horizon) for e, s in chunk])
-        real = prepare_frames(frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True)
-        decoded = {name: perception.decode(value.slots.flatten(0, 1).to(perception.device)) for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))}
+        real = prepare_frames(
+            frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True
+        )
+        decoded = {
+            name: perception.decode(value.slots.flatten(0, 1).to(perception.device))
+            for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))
+        }
         for name, output in decoded.items():
             scores[f"psnr{name}"] = psnr(output.reconstruction.float().clamp(0, 1), real).view(len(chunk), horizon)
         if has_masks:
-            true_masks = np.stack([store.episode(e).ground_truth(s + context, s + context + horizon, keys=["masks"])["masks"] for e, s in chunk])
+            true_masks = np.stack(
+                [
+                    store.episode(e).ground_truth(s + context, s + context + horizon, keys=["masks"])["masks"]
+                    for e, s in chunk
+                ]
+            )
             true_masks = torch.from_numpy(true_masks).flatten(0, 1)[:, None].float()
             true_masks = F.interpolate(true_masks, size=(perception.resolution,) * 2, mode="nearest")[:, 0].long()
             for name, output in decoded.items():
-                ari = metrics.fg_ari(true_masks.to(output.masks.device), output.masks.float(), video=False).view(len(chunk), horizon)
+                ari = metrics.fg_ari(true_masks.to(output.masks.device), output.masks.float(), video=False).view(
+                    len(chunk), horizon
+                )
                 scores[f"fg_ari{name}"] = ari
         for name, values in scores.items():
             values = values.double().cpu().numpy()
             sums[name] = sums.get(name, np.zeros(horizon)) + np.nansum(values, 0)
             sums[f"{name}_count"] = sums.get(f"{name}_count", np.zeros(horizon)) + np.isfinite(values).sum(0)
     by_horizon = {
-        str(h): {name: round(float(sums[name][h - 1] / max(1, sums[f"{name}_count"][h - 1])), 5) for name in sums if not name.endswith("_count")}
+        str(h): {
+            name: round(float(sums[name][h - 1] / max(1, sums[f"{name}_count"][h - 1])), 5)
+            for name in sums
+            if not name.endswith("_count")
+        }
         for h in horizons
     }
     return {
@@ -188,7 +212,16 @@ def _ratio(hits: torch.Tensor, candidates: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module, store: RolloutStore, episode: int, frames: int, context: int, prefix: str | os.PathLike, scale: int = 2) -> tuple[os.PathLike, os.PathLike]:
+def save_imagination_pictures(
+    model: SlotWorldModel,
+    perception: torch.nn.Module,
+    store: RolloutStore,
+    episode: int,
+    frames: int,
+    context: int,
+    prefix: str | os.PathLike,
+    scale: int = 2,
+) -> tuple[os.PathLike, os.PathLike]:
     """Real against imagined, over ``frames`` frames of an episode: PREFIX.png has rows real
     frames | decoded real codes | decoded imagined codes | imagined segmentation; PREFIX.gif
     shows the same four side by side per frame. The first ``context`` frames are given to the
@@ -201,7 +234,9 @@ def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module
     video = record.frames(0, frames)
     if len(video) <= context:
         raise OcrlError(f"episode {episode} has {len(video)} frames; imagining after {context} needs more")
-    real = SlotCodes.from_numpy({key: value[None] for key, value in encode_videos(perception, [video])[0].items()}, device=model.device)
+    real = SlotCodes.from_numpy(
+        {key: value[None] for key, value in encode_videos(perception, [video])[0].items()}, device=model.device
+    )
     actions = torch.as_tensor(record.actions[: len(video) - 1], device=model.device)[None]
     imagined = open_loop(model, real, actions, context, len(video) - context)
     slots = torch.cat([real.slots[0, :context], imagined.slots[0]])
@@ -209,7 +244,12 @@ def save_imagination_pictures(model: SlotWorldModel, perception: torch.nn.Module
     decoded_real = perception.decode(real.slots[0].to(perception.device))
     decoded = perception.decode(slots.to(perception.device))
     segmentation = slot_colours(model.config.num_slots)[decoded.masks.float().argmax(1).cpu().numpy()]
-    rows = [list(shown), list(_to_uint8(decoded_real.reconstruction.float().clamp(0, 1).cpu().numpy())), list(_to_uint8(decoded.reconstruction.float().clamp(0, 1).cpu().numpy())), list(segmentation)]
+    rows = [
+        list(shown),
+        list(_to_uint8(decoded_real.reconstruction.float().clamp(0, 1).cpu().numpy())),
+        list(_to_uint8(decoded.reconstruction.float().clamp(0, 1).cpu().numpy())),
+        list(segmentation),
+    ]
     png = save_png(grid(rows, scale=scale), f"{prefix}.png")
     gif = save_gif([grid([[row[t] for row in rows]], scale=scale) for t in range(len(video))], f"{prefix}.gif")
     return png, gif

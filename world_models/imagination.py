@@ -40,7 +40,14 @@ def check_pairing(world_model: SlotWorldModel, perception: torch.nn.Module) -> N
         )
 
 
-def starts_from_env(world_model: SlotWorldModel, count: int = 256, seed: int = 0, env_id: str | None = None, env_kwargs: dict[str, Any] | None = None, perception: Any = None) -> dict[str, np.ndarray]:
+def starts_from_env(
+    world_model: SlotWorldModel,
+    count: int = 256,
+    seed: int = 0,
+    env_id: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    perception: Any = None,
+) -> dict[str, np.ndarray]:
     """Codes (N, K, ...) of the first frames of ``count`` real episodes (reset seeds ``seed``..).
 
     The env defaults to the one the world model was trained on, the perception model to its own.
@@ -91,7 +98,9 @@ class ImaginedEpisodes:
         """Begin new episodes in ``rows`` from ``codes`` (len(rows), K, ...)."""
         index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.steps.device)
         for key in CODE_KEYS:
-            getattr(self.codes, key)[index] = torch.as_tensor(np.asarray(codes[key]), dtype=torch.float32, device=index.device)
+            getattr(self.codes, key)[index] = torch.as_tensor(
+                np.asarray(codes[key]), dtype=torch.float32, device=index.device
+            )
         self.steps[index] = 0
         self.cache.clear(index)
 
@@ -103,8 +112,14 @@ class ImaginedEpisodes:
     def step(self, actions: Any) -> WorldModelOutput:
         """Act in every episode (actions (B,) or (B, A)); returns the model's predictions (B,)
         and makes the predicted codes current."""
-        actions = torch.as_tensor(np.asarray(actions) if not torch.is_tensor(actions) else actions, device=self.steps.device)
-        actions = actions.reshape(len(self.steps), -1)[:, 0] if self.discrete else actions.reshape(len(self.steps), -1).float()
+        actions = torch.as_tensor(
+            np.asarray(actions) if not torch.is_tensor(actions) else actions, device=self.steps.device
+        )
+        actions = (
+            actions.reshape(len(self.steps), -1)[:, 0]
+            if self.discrete
+            else actions.reshape(len(self.steps), -1).float()
+        )
         output = self.model.step(self.codes, actions, self.cache, self.steps)
         position = output.codes.position.clone()
         position[..., :2] = position[..., :2].clamp(-1, 1)
@@ -130,11 +145,20 @@ class ImaginationVecEnv(VecEnv):
 
     render_mode = None
 
-    def __init__(self, world_model: SlotWorldModel, starts: dict[str, np.ndarray], num_envs: int = 64, max_episode_steps: int | None = None, seed: int | None = 0):
+    def __init__(
+        self,
+        world_model: SlotWorldModel,
+        starts: dict[str, np.ndarray],
+        num_envs: int = 64,
+        max_episode_steps: int | None = None,
+        seed: int | None = 0,
+    ):
         config = world_model.config
         starts = {key: np.asarray(starts[key], dtype=np.float32) for key in CODE_KEYS}
         if starts["slots"].ndim != 3 or starts["slots"].shape[1:] != (config.num_slots, config.slot_dim):
-            raise ValueError(f"start slots must be (N, {config.num_slots}, {config.slot_dim}), got {starts['slots'].shape}")
+            raise ValueError(
+                f"start slots must be (N, {config.num_slots}, {config.slot_dim}), got {starts['slots'].shape}"
+            )
         space = observation_space(config.num_slots, config.slot_dim)
         super().__init__(num_envs, space, action_space_of(config))
         self.starts = starts
@@ -181,7 +205,11 @@ class ImaginationVecEnv(VecEnv):
             infos[i] = {
                 "terminal_observation": {key: codes[key][i].copy() for key in CODE_KEYS},
                 "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
-                "episode": {"r": float(self.episode_returns[i]), "l": int(self.episode_steps[i]), "t": round(time.perf_counter() - self.started, 6)},
+                "episode": {
+                    "r": float(self.episode_returns[i]),
+                    "l": int(self.episode_steps[i]),
+                    "t": round(time.perf_counter() - self.started, 6),
+                },
             }
         if len(ended):
             self._start(ended)
@@ -208,7 +236,9 @@ class ImaginationEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, world_model: SlotWorldModel, starts: dict[str, np.ndarray], max_episode_steps: int | None = None):
+    def __init__(
+        self, world_model: SlotWorldModel, starts: dict[str, np.ndarray], max_episode_steps: int | None = None
+    ):
         self.vector = ImaginationVecEnv(world_model, starts, num_envs=1, max_episode_steps=max_episode_steps)
         self.observation_space = self.vector.observation_space
         self.action_space = self.vector.action_space
@@ -229,12 +259,22 @@ class ImaginationEnv(gym.Env):
         terminated = bool(continues[0] < 0.5)
         truncated = bool(self.vector.episode_steps[0] >= self.vector.max_episode_steps)
         self._done = terminated or truncated
-        return {key: codes[key][0] for key in CODE_KEYS}, float(rewards[0]), terminated, truncated, {"continue_probability": float(continues[0])}
+        return (
+            {key: codes[key][0] for key in CODE_KEYS},
+            float(rewards[0]),
+            terminated,
+            truncated,
+            {"continue_probability": float(continues[0])},
+        )
 
 
 def _numpy(output: WorldModelOutput) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(codes, reward, continuation probability) of a step as numpy arrays."""
-    return output.codes.to_numpy(), output.reward.float().cpu().numpy(), torch.sigmoid(output.continue_logits).float().cpu().numpy()
+    return (
+        output.codes.to_numpy(),
+        output.reward.float().cpu().numpy(),
+        torch.sigmoid(output.continue_logits).float().cpu().numpy(),
+    )
 
 
 def _time_limit(env_id: str) -> int:
@@ -256,6 +296,3 @@ def load_world_model(path, device=None) -> SlotWorldModel:
     if not isinstance(model, SlotWorldModel):
         raise OcrlError(f"{path} is a checkpoint of a {type(model).__name__}, not a world model")
     return model.eval()
-
-
-

@@ -79,13 +79,14 @@ class WorldModelConfig(JsonConfig):
         return int(np.prod(self.action_space["shape"]))
 
 
-
 def action_space_of(config: WorldModelConfig) -> spaces.Space:
     """The gymnasium action space a world model acts in."""
     description = config.action_space
     if description["type"] == "Discrete":
         return spaces.Discrete(int(description["n"]), start=int(description.get("start", 0)))
-    return spaces.Box(np.asarray(description["low"], np.float32), np.asarray(description["high"], np.float32), dtype=np.float32)
+    return spaces.Box(
+        np.asarray(description["low"], np.float32), np.asarray(description["high"], np.float32), dtype=np.float32
+    )
 
 
 @dataclass
@@ -125,9 +126,16 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * width, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * width, width)
+        )
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x (B, N, W); bias (B or 1, heads, N or 1, keys), -inf where attention is blocked.
 
         Without ``cache`` x attends to itself (keys = N). With ``cache`` = (keys, values, rows,
@@ -136,7 +144,11 @@ class AttentionBlock(nn.Module):
         """
         batch, tokens, width = x.shape
         # view/permute rather than einops: imagination calls this thousands of times a second
-        q, k, v = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm1(x))
+            .view(batch, tokens, 3, self.num_heads, width // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         if cache is not None:
             keys, values, rows, slot = cache
             keys[rows, :, slot] = k
@@ -161,8 +173,12 @@ class SlotWorldModel(nn.Module):
         else:
             self.action_in = nn.Linear(config.action_size, width)
         self.token_type = nn.Parameter(torch.randn(2, width) * 0.02)  # slot token, action token
-        self.distance_bias = nn.Parameter(torch.zeros(config.num_heads, config.history))  # by step distance 0 .. history - 1
-        self.blocks = nn.ModuleList(AttentionBlock(width, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers))
+        self.distance_bias = nn.Parameter(
+            torch.zeros(config.num_heads, config.history)
+        )  # by step distance 0 .. history - 1
+        self.blocks = nn.ModuleList(
+            AttentionBlock(width, config.num_heads, config.mlp_ratio) for _ in range(config.num_layers)
+        )
         self.norm = nn.LayerNorm(width)
         self.slot_out = nn.Linear(width, config.slot_dim + 4 + 1)
         self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))  # reward, continue logit
@@ -173,8 +189,12 @@ class SlotWorldModel(nn.Module):
         self.register_buffer("slot_mean", torch.zeros(config.slot_dim))
         self.register_buffer("slot_std", torch.ones(config.slot_dim))
         if config.action_space["type"] == "Box":
-            self.register_buffer("action_low", torch.as_tensor(config.action_space["low"], dtype=torch.float32).flatten())
-            self.register_buffer("action_high", torch.as_tensor(config.action_space["high"], dtype=torch.float32).flatten())
+            self.register_buffer(
+                "action_low", torch.as_tensor(config.action_space["low"], dtype=torch.float32).flatten()
+            )
+            self.register_buffer(
+                "action_high", torch.as_tensor(config.action_space["high"], dtype=torch.float32).flatten()
+            )
 
     @property
     def device(self) -> torch.device:
@@ -196,7 +216,9 @@ class SlotWorldModel(nn.Module):
             return self.action_in(actions)
         actions = actions.float().flatten(2)
         if actions.shape[-1] != self.config.action_size:
-            raise ValueError(f"actions have {actions.shape[-1]} components; the world model takes {self.config.action_size}")
+            raise ValueError(
+                f"actions have {actions.shape[-1]} components; the world model takes {self.config.action_size}"
+            )
         # to [-1, 1] over the space's bounds (infinite bounds: left as they are)
         low, high = self.action_low, self.action_high
         finite = torch.isfinite(low) & torch.isfinite(high)
@@ -205,12 +227,16 @@ class SlotWorldModel(nn.Module):
 
     def _check(self, codes: SlotCodes) -> None:
         if (codes.num_slots, codes.slot_dim) != (self.config.num_slots, self.config.slot_dim):
-            raise ValueError(f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {self.config.num_slots} of {self.config.slot_dim}")
+            raise ValueError(
+                f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {self.config.num_slots} of {self.config.slot_dim}"
+            )
 
     def _tokens(self, codes: SlotCodes, actions: torch.Tensor) -> torch.Tensor:
         """codes (B, T), actions (B, T, ...) -> tokens (B, T, K + 1, width)."""
         normalised = (codes.slots - self.slot_mean) / self.slot_std
-        slot_tokens = self.slot_in(torch.cat([normalised, codes.position, codes.presence[..., None]], -1)) + self.token_type[0]
+        slot_tokens = (
+            self.slot_in(torch.cat([normalised, codes.position, codes.presence[..., None]], -1)) + self.token_type[0]
+        )
         action_tokens = self.embed_actions(actions)[:, :, None] + self.token_type[1]
         return torch.cat([slot_tokens, action_tokens], 2)
 
@@ -228,7 +254,9 @@ class SlotWorldModel(nn.Module):
         position = codes.position + delta[..., dim : dim + 4]
         presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
         step = self.step_out(hidden[..., k, :])
-        return WorldModelOutput(SlotCodes(slots, position, torch.sigmoid(presence_logits)), presence_logits, step[..., 0], step[..., 1])
+        return WorldModelOutput(
+            SlotCodes(slots, position, torch.sigmoid(presence_logits)), presence_logits, step[..., 0], step[..., 1]
+        )
 
     def forward(self, codes: SlotCodes, actions: torch.Tensor) -> WorldModelOutput:
         """Predictions from every step of codes with batch dims (B, T) and actions (B, T) or
@@ -254,7 +282,9 @@ class SlotWorldModel(nn.Module):
             torch.full((batch_size, config.history), -1, dtype=torch.long, device=self.device),
         )
 
-    def step(self, codes: SlotCodes, actions: torch.Tensor, cache: AttentionCache, steps: torch.Tensor) -> WorldModelOutput:
+    def step(
+        self, codes: SlotCodes, actions: torch.Tensor, cache: AttentionCache, steps: torch.Tensor
+    ) -> WorldModelOutput:
         """One step of B episodes: codes (B,) of their step ``steps`` (B,) (0 at an episode's
         start), actions (B,) or (B, A). Caches this step, attending to it and the cached ones."""
         self._check(codes)
@@ -262,8 +292,14 @@ class SlotWorldModel(nn.Module):
         rows = torch.arange(len(steps), device=x.device)
         slot = steps % self.config.history
         cache.steps[rows, slot] = steps
-        distance = (steps[:, None] - cache.steps).repeat_interleave(self.config.num_slots + 1, 1)[:, None]  # (B, 1, keys)
-        allowed = (distance >= 0) & (distance < self.config.history) & (cache.steps >= 0).repeat_interleave(self.config.num_slots + 1, 1)[:, None]
+        distance = (steps[:, None] - cache.steps).repeat_interleave(self.config.num_slots + 1, 1)[
+            :, None
+        ]  # (B, 1, keys)
+        allowed = (
+            (distance >= 0)
+            & (distance < self.config.history)
+            & (cache.steps >= 0).repeat_interleave(self.config.num_slots + 1, 1)[:, None]
+        )
         bias = self._bias(distance, allowed)  # (B, heads, 1, keys): the same for every new token
         for layer, block in enumerate(self.blocks):
             x = block(x, bias, (cache.keys[layer], cache.values[layer], rows, slot))
@@ -272,7 +308,6 @@ class SlotWorldModel(nn.Module):
 
 def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
     return SlotWorldModel(config)
-
 
 
 def slot_error(predicted: SlotCodes, target: SlotCodes, slot_std: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,9 @@ class WorldModelTrainingConfig:
     rollout_weight: float = 1.0
 
 
-def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrainingConfig, forward=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def window_loss(
+    model: SlotWorldModel, window: Window, training: WorldModelTrainingConfig, forward=None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its terms on a batch of windows (see the module doc); ``forward`` runs the
     model (default ``model`` itself; its DDP wrapper when distributed)."""
     forward = forward or model
@@ -69,13 +71,17 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
     def mean(values: torch.Tensor, weights: torch.Tensor = valid) -> torch.Tensor:
         return (values * weights).sum() / weights.sum().clamp_min(1)
 
-    presence = F.binary_cross_entropy_with_logits(output.presence_logits, targets.presence.clamp(0, 1), reduction="none").mean(-1)
+    presence = F.binary_cross_entropy_with_logits(
+        output.presence_logits, targets.presence.clamp(0, 1), reduction="none"
+    ).mean(-1)
     terms = {
         "slots": mean(slot_error(output.codes, targets, model.slot_std)),
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
         "reward": mean((output.reward - window.rewards).square()),
-        "continue": mean(F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")),
+        "continue": mean(
+            F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")
+        ),
     }
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
     loss = loss + training.reward_weight * terms["reward"] + training.continue_weight * terms["continue"]
@@ -86,16 +92,18 @@ def window_loss(model: SlotWorldModel, window: Window, training: WorldModelTrain
         errors = []
         for step in range(context + 1, steps + 1):
             # true codes (B, context) followed by the predicted steps so far
-            prediction = forward(SlotCodes.cat([window.codes[:, :context], SlotCodes.stack(predicted)]), window.actions[:, :step]).codes[:, -1]
+            prediction = forward(
+                SlotCodes.cat([window.codes[:, :context], SlotCodes.stack(predicted)]), window.actions[:, :step]
+            ).codes[:, -1]
             target = window.codes[:, step]
-            error = slot_error(prediction, target, model.slot_std) + training.position_weight * position_error(prediction, target)
+            error = slot_error(prediction, target, model.slot_std) + training.position_weight * position_error(
+                prediction, target
+            )
             errors.append(mean(error, valid[:, step - 1]))
             predicted.append(prediction)
         terms["rollout"] = torch.stack(errors).mean()
         loss = loss + training.rollout_weight * terms["rollout"]
     return loss, terms
-
-
 
 
 def train_world_model(
@@ -131,7 +139,11 @@ def train_world_model(
     device = process.device
     reference = perception or ocrl.DEFAULT_PERCEPTION
     perception_model = resolve_model(reference, device)
-    cache_dir = encode_store(perception_model, store, cache, perception=reference, progress=progress and process.rank == 0) if process.rank == 0 else None
+    cache_dir = (
+        encode_store(perception_model, store, cache, perception=reference, progress=progress and process.rank == 0)
+        if process.rank == 0
+        else None
+    )
     if process.world_size > 1:  # the others wait for rank 0's cache
         shared = [str(cache_dir)]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -161,5 +173,18 @@ def train_world_model(
         return window_loss(model, window, training, forward=forward)
 
     record = {**dataclasses.asdict(training), "data": str(Path(store.path).resolve()), "cache": str(cache_dir)}
-    fit(model, config, loss, batches, training, out, process=process, state=state, training_record=record, tensorboard=tensorboard, progress=progress, description="train world model")
+    fit(
+        model,
+        config,
+        loss,
+        batches,
+        training,
+        out,
+        process=process,
+        state=state,
+        training_record=record,
+        tensorboard=tensorboard,
+        progress=progress,
+        description="train world model",
+    )
     return out

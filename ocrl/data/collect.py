@@ -77,12 +77,20 @@ def describe_space(space: gym.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if isinstance(space, spaces.Box):
-        return {"type": "Box", "shape": list(space.shape), "dtype": space.dtype.name, "low": space.low.tolist(), "high": space.high.tolist()}
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": space.dtype.name,
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+        }
     if isinstance(space, spaces.MultiDiscrete):
         return {"type": "MultiDiscrete", "nvec": space.nvec.tolist(), "dtype": space.dtype.name}
     if isinstance(space, spaces.MultiBinary):
         return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
-    raise OcrlError(f"action space {space} cannot be stored; ocrl stores Discrete, Box, MultiDiscrete and MultiBinary actions")
+    raise OcrlError(
+        f"action space {space} cannot be stored; ocrl stores Discrete, Box, MultiDiscrete and MultiBinary actions"
+    )
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
@@ -183,7 +191,9 @@ def collect(
         probe.close()
     frame = np.asarray(first.frame)
     if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise OcrlError(f"{env_id} gives frames of shape {frame.shape} {frame.dtype}; ocrl stores (H, W, 3) uint8 frames")
+        raise OcrlError(
+            f"{env_id} gives frames of shape {frame.shape} {frame.dtype}; ocrl stores (H, W, 3) uint8 frames"
+        )
     ground_truth_keys = [key for key in (*FRAME_KEYS, *OBJECT_KEYS) if key in (first.ground_truth or {})]
     header = {
         "env_id": env_id,
@@ -199,7 +209,9 @@ def collect(
     writer = RolloutWriter(out, header)
     broken = writer.drop_broken(decode=verify)
     if broken:
-        print(f"{out}: {len(broken)} broken episode file(s) will be collected again; first: {broken[0]}", file=sys.stderr)
+        print(
+            f"{out}: {len(broken)} broken episode file(s) will be collected again; first: {broken[0]}", file=sys.stderr
+        )
     todo = [index for index in range(episodes) if index not in writer.indices]
     bar = tqdm(total=episodes, initial=episodes - len(todo), unit="episode", desc=env_id, disable=not progress)
     envs = None
@@ -226,7 +238,15 @@ def collect(
     return RolloutStore.open(out)
 
 
-def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], seed: int, act, action_space: gym.Space, bar: tqdm) -> None:
+def _run(
+    envs: gym.vector.VectorEnv,
+    writer: RolloutWriter,
+    todo: list[int],
+    seed: int,
+    act,
+    action_space: gym.Space,
+    bar: tqdm,
+) -> None:
     """Step all sub-envs until every episode in ``todo`` is written.
 
     A sub-env whose episode ends is reset (``reset_mask``) with the next episode's seed, or with
@@ -284,7 +304,9 @@ def _run(envs: gym.vector.VectorEnv, writer: RolloutWriter, todo: list[int], see
                     buffer.index,
                     buffer.seed,
                     np.stack(buffer.frames),
-                    np.asarray(buffer.actions, dtype=action_space.dtype).reshape(len(buffer.actions), *action_space.shape),
+                    np.asarray(buffer.actions, dtype=action_space.dtype).reshape(
+                        len(buffer.actions), *action_space.shape
+                    ),
                     buffer.rewards,
                     buffer.terminated,
                     buffer.truncated,

@@ -25,7 +25,9 @@ def _open(store: RolloutStore | str | os.PathLike) -> RolloutStore:
 def _frame_ground_truth_keys(store: RolloutStore) -> tuple[str, ...]:
     keys = tuple(key for key in FRAME_KEYS if key in store.ground_truth_keys)
     if not keys:
-        raise OcrlError(f"{store.path} has no per-frame ground truth (masks, depth); its env {store.env_id!r} gives none")
+        raise OcrlError(
+            f"{store.path} has no per-frame ground truth (masks, depth); its env {store.env_id!r} gives none"
+        )
     return keys
 
 
@@ -43,13 +45,20 @@ def box_conditions(boxes: np.ndarray, num_slots: int) -> np.ndarray:
 def episode_conditions(store: RolloutStore, position: int, frame: int, num_slots: int) -> np.ndarray:
     """:func:`box_conditions` of frame ``frame`` of the store's episode at ``position``."""
     if "object_box" not in store.ground_truth_keys:
-        raise OcrlError(f"{store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)")
-    return box_conditions(store.episode(position).ground_truth(frame, frame + 1, keys=["object_box"])["object_box"][0], num_slots)
+        raise OcrlError(
+            f"{store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)"
+        )
+    return box_conditions(
+        store.episode(position).ground_truth(frame, frame + 1, keys=["object_box"])["object_box"][0], num_slots
+    )
 
 
 def _ground_truth_tensors(ground_truth: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     # masks as int64: what one_hot, indexing and the metrics take
-    return {key: torch.from_numpy(value.astype(np.int64) if key == "masks" else value) for key, value in ground_truth.items()}
+    return {
+        key: torch.from_numpy(value.astype(np.int64) if key == "masks" else value)
+        for key, value in ground_truth.items()
+    }
 
 
 class ClipDataset(Dataset):
@@ -67,12 +76,21 @@ class ClipDataset(Dataset):
     in the main process.
     """
 
-    def __init__(self, store: RolloutStore | str | os.PathLike, clip_length: int, ground_truth: bool = False, seed: int | None = None, conditions: int | None = None):
+    def __init__(
+        self,
+        store: RolloutStore | str | os.PathLike,
+        clip_length: int,
+        ground_truth: bool = False,
+        seed: int | None = None,
+        conditions: int | None = None,
+    ):
         if clip_length < 1:
             raise OcrlError(f"clip_length must be at least 1, got {clip_length}")
         self.store = _open(store)
         if conditions is not None and "object_box" not in self.store.ground_truth_keys:
-            raise OcrlError(f"{self.store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)")
+            raise OcrlError(
+                f"{self.store.path} has no ground-truth object_box to condition slots on (stores from 'ocrl movi convert' have it)"
+            )
         self.conditions = conditions
         self.clip_length = clip_length
         self.ground_truth_keys = _frame_ground_truth_keys(self.store) if ground_truth else ()
@@ -92,7 +110,11 @@ class ClipDataset(Dataset):
         episode = self.store.episode(position)
         start = int(self._random().integers(0, episode.length + 2 - self.clip_length))
         stop = start + self.clip_length
-        clip: dict[str, Any] = {"frames": torch.from_numpy(episode.frames(start, stop)), "episode": position, "start": start}
+        clip: dict[str, Any] = {
+            "frames": torch.from_numpy(episode.frames(start, stop)),
+            "episode": position,
+            "start": start,
+        }
         if self.ground_truth_keys:
             clip.update(_ground_truth_tensors(episode.ground_truth(start, stop, keys=self.ground_truth_keys)))
         if self.conditions is not None:

@@ -71,19 +71,34 @@ class AgentPolicy:
         if self.config.env_id != env_id:
             raise OcrlError(f"{path} is an agent of {self.config.env_id}, not of {env_id}")
         if self.config.observation == "ground_truth":
-            raise OcrlError(f"{path} acts on ground-truth objects, which collect does not compute; collect with a slot or pixel agent")
-        if self.config.observation == "pixels" and not (isinstance(env.observation_space, gym.spaces.Box) and env.observation_space.shape == self.policy.observation_space.shape[1:] + self.policy.observation_space.shape[:1]):
-            raise OcrlError(f"{path} acts on pixels of shape {self.policy.observation_space.shape}, the env observes {env.observation_space}")
+            raise OcrlError(
+                f"{path} acts on ground-truth objects, which collect does not compute; collect with a slot or pixel agent"
+            )
+        if self.config.observation == "pixels" and not (
+            isinstance(env.observation_space, gym.spaces.Box)
+            and env.observation_space.shape
+            == self.policy.observation_space.shape[1:] + self.policy.observation_space.shape[:1]
+        ):
+            raise OcrlError(
+                f"{path} acts on pixels of shape {self.policy.observation_space.shape}, the env observes {env.observation_space}"
+            )
         self.deterministic = deterministic
         self.encoder = None
-        self.description = {"kind": "ocrl-agent", "directory": path.name, "config": self.config.to_dict(), "deterministic": deterministic}
+        self.description = {
+            "kind": "ocrl-agent",
+            "directory": path.name,
+            "config": self.config.to_dict(),
+            "deterministic": deterministic,
+        }
 
     def __call__(self, observations, frames=None, is_first=None) -> np.ndarray:
         if self.config.observation == "slots":
             from ocrl.wrappers import SlotEncoder
 
             if self.encoder is None or self.encoder.num_streams != len(frames):
-                self.encoder = SlotEncoder(self.config.perception, num_streams=len(frames), keys=self.config.keys, device="cpu")
+                self.encoder = SlotEncoder(
+                    self.config.perception, num_streams=len(frames), keys=self.config.keys, device="cpu"
+                )
             observations = self.encoder.encode(frames, is_first)
         actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
         return actions
@@ -171,7 +186,10 @@ def _check_space(path: Path, kind: str, entry: Any, space: gym.Space) -> None:
     saved = {"type": re.sub(r".*\.(\w+)'>$", r"\1", saved_type)}
     wanted = {"type": type(space).__name__}
     if "_shape" in entry and space.shape is not None:
-        saved["shape"], wanted["shape"] = str(entry["_shape"]).replace(" ", ""), json.dumps(list(space.shape)).replace(" ", "")
+        saved["shape"], wanted["shape"] = (
+            str(entry["_shape"]).replace(" ", ""),
+            json.dumps(list(space.shape)).replace(" ", ""),
+        )
     if "n" in entry and hasattr(space, "n"):
         saved["n"], wanted["n"] = str(entry["n"]), str(space.n)
     if saved != wanted:

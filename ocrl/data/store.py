@@ -81,11 +81,19 @@ class EpisodeRecord:
     episode_return: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "file": self.file, "seed": self.seed, "length": self.length, "return": self.episode_return}
+        return {
+            "index": self.index,
+            "file": self.file,
+            "seed": self.seed,
+            "length": self.length,
+            "return": self.episode_return,
+        }
 
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> EpisodeRecord:
-        return cls(int(entry["index"]), str(entry["file"]), int(entry["seed"]), int(entry["length"]), float(entry["return"]))
+        return cls(
+            int(entry["index"]), str(entry["file"]), int(entry["seed"]), int(entry["length"]), float(entry["return"])
+        )
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -125,7 +133,9 @@ def _pack_ground_truth(per_frame: Sequence[dict[str, Any]], keys: Sequence[str])
         fits_uint8 = masks.size == 0 or (masks.min() >= 0 and masks.max() < 256)
         members.update(_encode_per_frame("masks", masks.astype(np.uint8) if fits_uint8 else masks))
     if "depth" in keys:
-        members.update(_encode_per_frame("depth", np.stack([np.asarray(frame["depth"], dtype=np.float32) for frame in per_frame])))
+        members.update(
+            _encode_per_frame("depth", np.stack([np.asarray(frame["depth"], dtype=np.float32) for frame in per_frame]))
+        )
     object_keys = [key for key in keys if key in OBJECT_KEYS]
     if not object_keys:
         return members
@@ -292,7 +302,10 @@ class EpisodeFile:
             info = self._zip.getinfo(f"{name}.npy")
             with self._zip.open(info) as member:  # checks the local header's name
                 version = np.lib.format.read_magic(member)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }[version]
                 shape, fortran_order, dtype = read_header(member)
                 header_size = member.tell()
             signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(
@@ -369,7 +382,9 @@ class Episode:
         start, stop = self._frame_range(start, stop)
         return self._per_frame("frames", start, stop)
 
-    def ground_truth(self, start: int = 0, stop: int | None = None, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def ground_truth(
+        self, start: int = 0, stop: int | None = None, keys: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Ground truth of frames ``start:stop``, n of them, as stored (see module docstring).
 
         ``masks`` (n, H, W) int32, ``depth`` (n, H, W) float32, ``object_position`` (n, N, 2),
@@ -381,7 +396,9 @@ class Episode:
         keys = self.ground_truth_keys if keys is None else tuple(keys)
         unknown = [key for key in keys if key not in self.ground_truth_keys]
         if unknown or not keys:
-            raise OcrlError(f"{self.path}: no ground truth {unknown or ''} in this store; it has {list(self.ground_truth_keys)}")
+            raise OcrlError(
+                f"{self.path}: no ground truth {unknown or ''} in this store; it has {list(self.ground_truth_keys)}"
+            )
         start, stop = self._frame_range(start, stop)
         result: dict[str, np.ndarray] = {}
         for key in keys:
@@ -421,7 +438,9 @@ class Episode:
     def _per_frame(self, name: str, start: int, stop: int) -> np.ndarray:
         episode_file = self._files.get(self.path)
         if episode_file.frame_count(name) != self.length + 1:
-            raise CorruptFileError(f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, {self._manifest_says(self.length + 1)}")
+            raise CorruptFileError(
+                f"{self.path}: {name!r} has {episode_file.frame_count(name)} frames, {self._manifest_says(self.length + 1)}"
+            )
         return episode_file.per_frame(name, start, stop)
 
     def _per_step(self, name: str, count: int) -> np.ndarray:
@@ -461,20 +480,35 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], list[EpisodeRecord]]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CorruptFileError(f"{manifest_path}: not an {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise OcrlError(f"{manifest_path}: format version {manifest.get('format_version')}; this ocrl reads {FORMAT_VERSION}")
+        raise OcrlError(
+            f"{manifest_path}: format version {manifest.get('format_version')}; this ocrl reads {FORMAT_VERSION}"
+        )
     try:
         header = {key: manifest[key] for key in HEADER_KEYS}
         records = [EpisodeRecord.from_json(entry) for entry in manifest["episodes"]]
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptFileError(f"{manifest_path}: malformed manifest ({type(error).__name__}: {error})") from None
-    unknown = [key for key in header["ground_truth"] if key not in (*FRAME_KEYS, *OBJECT_KEYS)] if isinstance(header["ground_truth"], list) else ["?"]
+    unknown = (
+        [key for key in header["ground_truth"] if key not in (*FRAME_KEYS, *OBJECT_KEYS)]
+        if isinstance(header["ground_truth"], list)
+        else ["?"]
+    )
     shape = header["frame_shape"]
-    if unknown or not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3 and all(isinstance(size, int) and size > 0 for size in shape)):
-        raise CorruptFileError(f"{manifest_path}: malformed manifest (ground truth {header['ground_truth']!r}, frame shape {shape!r})")
+    if unknown or not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and shape[2] == 3
+        and all(isinstance(size, int) and size > 0 for size in shape)
+    ):
+        raise CorruptFileError(
+            f"{manifest_path}: malformed manifest (ground truth {header['ground_truth']!r}, frame shape {shape!r})"
+        )
     return header, records
 
 
-def check_episode_file(path: Path, record: EpisodeRecord, ground_truth_keys: Sequence[str], decode: bool = False) -> str | None:
+def check_episode_file(
+    path: Path, record: EpisodeRecord, ground_truth_keys: Sequence[str], decode: bool = False
+) -> str | None:
     """None if ``path`` holds the episode ``record`` describes, intact; else what is wrong.
 
     Checks the zip's CRCs (every byte of the file is read), the index, seed and length, and the
@@ -507,7 +541,9 @@ def check_episode_file(path: Path, record: EpisodeRecord, ground_truth_keys: Seq
     return None
 
 
-def reconcile(path: Path, records: Sequence[EpisodeRecord], skip_broken: bool = False) -> tuple[list[EpisodeRecord], bool]:
+def reconcile(
+    path: Path, records: Sequence[EpisodeRecord], skip_broken: bool = False
+) -> tuple[list[EpisodeRecord], bool]:
     """The manifest's records plus any episode file it misses, sorted by index; and whether any
     were missed. A listed file that is gone is an error; so is an unlisted file that cannot be
     read, unless ``skip_broken`` (a writer, which will write it again)."""
@@ -603,16 +639,26 @@ class RolloutWriter:
             existing, records = read_manifest(self.path)
             different = [key for key in HEADER_KEYS if existing[key] != self.header[key]]
             if different:
-                details = "; ".join(f"{key}: store has {existing[key]!r}, asked for {self.header[key]!r}" for key in different)
+                details = "; ".join(
+                    f"{key}: store has {existing[key]!r}, asked for {self.header[key]!r}" for key in different
+                )
                 raise OcrlError(f"{self.path} holds a different collection ({details}); use another --out")
             self._remove_temp_files()
-            present = [record for record in records if (self.path / record.file).is_file()]  # a lost file is written again
-            self._problems = [f"{self.path / record.file}: listed in {MANIFEST_NAME} but missing" for record in records if record not in present]
+            present = [
+                record for record in records if (self.path / record.file).is_file()
+            ]  # a lost file is written again
+            self._problems = [
+                f"{self.path / record.file}: listed in {MANIFEST_NAME} but missing"
+                for record in records
+                if record not in present
+            ]
             episodes, missed = reconcile(self.path, present, skip_broken=True)
             self._episodes = {record.index: record for record in episodes}
             self._dirty = missed or len(present) < len(records)
         elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
-            raise OcrlError(f"{self.path} exists and is not an ocrl rollout store (no {MANIFEST_NAME}); refusing to write into it")
+            raise OcrlError(
+                f"{self.path} exists and is not an ocrl rollout store (no {MANIFEST_NAME}); refusing to write into it"
+            )
         else:
             self._episodes = {}
             self._dirty = True
@@ -643,14 +689,29 @@ class RolloutWriter:
         self.write_manifest()
         return problems
 
-    def add(self, index: int, seed: int, frames, actions, rewards, terminated, truncated, ground_truth=None) -> EpisodeRecord:
+    def add(
+        self, index: int, seed: int, frames, actions, rewards, terminated, truncated, ground_truth=None
+    ) -> EpisodeRecord:
         """Write episode ``index`` (arguments as :func:`write_episode`); the manifest follows
         within :attr:`manifest_interval` seconds, or at :meth:`close`."""
         frames = np.asarray(frames)
         if frames.shape[1:] != tuple(self.header["frame_shape"]) or frames.dtype != np.uint8:
-            raise OcrlError(f"frame of shape {frames.shape[1:]} {frames.dtype}, store holds {self.header['frame_shape']} uint8")
+            raise OcrlError(
+                f"frame of shape {frames.shape[1:]} {frames.dtype}, store holds {self.header['frame_shape']} uint8"
+            )
         file = f"{EPISODE_DIR}/{episode_file_name(index)}"
-        write_episode(self.path / file, index, seed, frames, actions, rewards, terminated, truncated, ground_truth, self.header["ground_truth"])
+        write_episode(
+            self.path / file,
+            index,
+            seed,
+            frames,
+            actions,
+            rewards,
+            terminated,
+            truncated,
+            ground_truth,
+            self.header["ground_truth"],
+        )
         record = EpisodeRecord(index, file, seed, len(rewards), float(np.sum(rewards, dtype=np.float64)))
         self._episodes[index] = record
         self._dirty = True

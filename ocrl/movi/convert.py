@@ -85,8 +85,12 @@ def episode_from_video(video: dict[str, Any], resolution: int | None = None) -> 
     depth = downsample(video["depth"], factor, average=False)[..., 0]
     instances = video.get("instances", {})
     count = metadata["num_instances"]
-    boxes = instances.get("bboxes", np.full((count, frames_count, 4), np.nan, np.float32))  # (n, s, 4) ymin, xmin, ymax, xmax
-    box = np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 3], boxes[..., 2]], axis=-1) * 2 - 1  # (n, s, 4) x/y min/max in [-1, 1]
+    boxes = instances.get(
+        "bboxes", np.full((count, frames_count, 4), np.nan, np.float32)
+    )  # (n, s, 4) ymin, xmin, ymax, xmax
+    box = (
+        np.stack([boxes[..., 1], boxes[..., 0], boxes[..., 3], boxes[..., 2]], axis=-1) * 2 - 1
+    )  # (n, s, 4) x/y min/max in [-1, 1]
     visible = ~np.isnan(box).any(axis=-1)  # (n, s)
     centre = np.stack([(box[..., 0] + box[..., 2]) / 2, (box[..., 1] + box[..., 3]) / 2], axis=-1)
     if "image_positions" in instances:
@@ -147,24 +151,41 @@ def _factor(height: int, width: int, resolution: int | None) -> int:
     if resolution is None or resolution == height == width:
         return 1
     if height != width or height % resolution:
-        raise OcrlError(f"cannot convert {height}x{width} videos to {resolution}x{resolution}: pick a resolution that divides {height}")
+        raise OcrlError(
+            f"cannot convert {height}x{width} videos to {resolution}x{resolution}: pick a resolution that divides {height}"
+        )
     return height // resolution
 
 
-def _convert_videos(videos: list[_Video], out: str, resolution: int | None, variant: str | None) -> tuple[list[EpisodeRecord], list[str]]:
+def _convert_videos(
+    videos: list[_Video], out: str, resolution: int | None, variant: str | None
+) -> tuple[list[EpisodeRecord], list[str]]:
     """Worker: read, convert and write a few videos; returns their records, and what was wrong
     with each video that could not be read (skipped)."""
     records, problems = [], []
     for video in videos:
         try:
             data = read_record_at(video.shard, video.offset, video.record)
-            decoded = decode_movi_example(data, fields=_FIELDS, variant=variant, where=f"{video.shard}: record {video.record}")
+            decoded = decode_movi_example(
+                data, fields=_FIELDS, variant=variant, where=f"{video.shard}: record {video.record}"
+            )
         except CorruptFileError as error:
             problems.append(str(error))
             continue
         episode = episode_from_video(decoded, resolution)
         file = f"{EPISODE_DIR}/{episode_file_name(video.index)}"
-        write_episode(Path(out) / file, video.index, 0, episode["frames"], episode["actions"], episode["rewards"], episode["terminated"], episode["truncated"], episode["ground_truth"], GROUND_TRUTH_KEYS)
+        write_episode(
+            Path(out) / file,
+            video.index,
+            0,
+            episode["frames"],
+            episode["actions"],
+            episode["rewards"],
+            episode["terminated"],
+            episode["truncated"],
+            episode["ground_truth"],
+            GROUND_TRUTH_KEYS,
+        )
         records.append(EpisodeRecord(video.index, file, 0, len(episode["rewards"]), 0.0))
     return records, problems
 
@@ -198,12 +219,19 @@ def convert_movi(
         for record, offset in enumerate(offsets):
             videos.append(_Video(len(videos), str(shard), record, offset))
     if not videos:
-        raise OcrlError(f"{source} holds no readable videos" + (f": {problems[0]}" if problems else " (its shards are empty)"))
+        raise OcrlError(
+            f"{source} holds no readable videos" + (f": {problems[0]}" if problems else " (its shards are empty)")
+        )
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     videos = videos[:max_videos]
     first = videos[0]
-    probe = decode_movi_example(read_record_at(first.shard, first.offset, first.record), fields=("metadata",), variant=variant, where=f"{first.shard}: record {first.record}")["metadata"]
+    probe = decode_movi_example(
+        read_record_at(first.shard, first.offset, first.record),
+        fields=("metadata",),
+        variant=variant,
+        where=f"{first.shard}: record {first.record}",
+    )["metadata"]
     height, width = probe["height"], probe["width"]
     factor = _factor(height, width, resolution)
     header = {
@@ -220,7 +248,13 @@ def convert_movi(
     _check_scan(Path(out), counts)
     todo = [video for video in videos if video.index not in writer.indices]
     chunks = [todo[start : start + _CHUNK] for start in range(0, len(todo), _CHUNK)]
-    bar = tqdm(total=len(videos), initial=len(videos) - len(todo), unit="video", desc=f"convert {variant or 'movi'}", disable=not progress)
+    bar = tqdm(
+        total=len(videos),
+        initial=len(videos) - len(todo),
+        unit="video",
+        desc=f"convert {variant or 'movi'}",
+        disable=not progress,
+    )
     workers = (os.cpu_count() or 1) if workers is None else workers
     try:
         if workers == 0 or len(chunks) <= 1:
@@ -254,7 +288,10 @@ def convert_movi(
         bar.close()
         writer.close()
     if problems:
-        print(f"{out}: skipped {len(problems)} unreadable part(s) of the shards (listed above); the store holds the other videos", file=sys.stderr)
+        print(
+            f"{out}: skipped {len(problems)} unreadable part(s) of the shards (listed above); the store holds the other videos",
+            file=sys.stderr,
+        )
     return RolloutStore.open(out)
 
 
@@ -276,6 +313,8 @@ def _check_scan(out: Path, counts: dict[str, int]) -> None:
             raise CorruptFileError(f"{path}: not valid JSON") from None
         if known != counts:
             changed = sorted(name for name in set(known) | set(counts) if known.get(name) != counts.get(name))
-            raise OcrlError(f"{out} was converted from shards with other readable records ({', '.join(changed[:3])}); convert into a new DST")
+            raise OcrlError(
+                f"{out} was converted from shards with other readable records ({', '.join(changed[:3])}); convert into a new DST"
+            )
     else:
         write_atomically(path, lambda file: file.write(json.dumps(counts, indent=1).encode()))

@@ -124,7 +124,9 @@ def _sample_objects(rng: np.random.Generator, config: GeneratorConfig) -> list[_
         radius = float(np.linalg.norm(half))
         position = rng.uniform([-2.5, -2.5, 0.5], [2.5, 2.5, 2.5])
         position[2] = max(position[2], radius + 0.05)
-        if any(np.linalg.norm(position - other.position) < radius + np.linalg.norm(other.half_extent) for other in objects):
+        if any(
+            np.linalg.norm(position - other.position) < radius + np.linalg.norm(other.half_extent) for other in objects
+        ):
             continue
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
@@ -149,7 +151,12 @@ def _scene_xml(objects: list[_Object], config: GeneratorConfig, floor_colours: n
     fovy = math.degrees(config.field_of_view)
     bodies = []
     for index, item in enumerate(objects):
-        size = " ".join(f"{value:.4f}" for value in item.size[: {"box": 3, "sphere": 1, "cylinder": 2, "capsule": 2, "ellipsoid": 3}[MUJOCO_SHAPES[item.shape]]])
+        size = " ".join(
+            f"{value:.4f}"
+            for value in item.size[
+                : {"box": 3, "sphere": 1, "cylinder": 2, "capsule": 2, "ellipsoid": 3}[MUJOCO_SHAPES[item.shape]]
+            ]
+        )
         rgba = " ".join(f"{channel:.3f}" for channel in item.colour) + " 1"
         position = " ".join(f"{value:.4f}" for value in item.position)
         quaternion = " ".join(f"{value:.5f}" for value in item.quaternion)
@@ -179,8 +186,14 @@ def _camera_path(rng: np.random.Generator, config: GeneratorConfig) -> np.ndarra
     """(num_frames, 3) camera positions on a half-sphere shell of radius 8-11 m, 20-60 degrees up."""
 
     def on_shell() -> np.ndarray:
-        radius, azimuth, elevation = rng.uniform(8.0, 11.0), rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(20.0, 60.0))
-        return radius * np.array([math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+        radius, azimuth, elevation = (
+            rng.uniform(8.0, 11.0),
+            rng.uniform(0, 2 * math.pi),
+            math.radians(rng.uniform(20.0, 60.0)),
+        )
+        return radius * np.array(
+            [math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation)]
+        )
 
     start = on_shell()
     if not config.moving_camera:
@@ -263,7 +276,10 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
                 object_rotations[i, t] = rotation
                 corners[i, t] = data.xpos[body] + (signs * objects[i].half_extent) @ rotation.T
                 local = camera_rotation.T @ (data.xpos[body] - data.cam_xpos[0])  # camera looks down -z, y up
-                image_positions[i, t] = [0.5 + local[0] / -local[2] * focal_pixels / size, 0.5 - local[1] / -local[2] * focal_pixels / size]
+                image_positions[i, t] = [
+                    0.5 + local[0] / -local[2] * focal_pixels / size,
+                    0.5 - local[1] / -local[2] * focal_pixels / size,
+                ]
     finally:
         renderer.close()
 
@@ -274,7 +290,9 @@ def render_video(seed: int, index: int, config: GeneratorConfig) -> dict[str, An
             rows, columns = np.nonzero(segmentations[t, :, :, 0] == i + 1)
             visibility[i, t] = len(rows)
             if len(rows):  # Kubric's convention: (ymin, xmin, ymax, xmax), max is one past the last pixel
-                boxes.append((rows.min() / size, columns.min() / size, (rows.max() + 1) / size, (columns.max() + 1) / size))
+                boxes.append(
+                    (rows.min() / size, columns.min() / size, (rows.max() + 1) / size, (columns.max() + 1) / size)
+                )
                 frames_with_box.append(t)
         bboxes.append(np.array(boxes, dtype=np.float32).reshape(-1, 4))
         bbox_frames.append(np.array(frames_with_box, dtype=np.int64))
@@ -397,7 +415,14 @@ def generate_movi(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OcrlError(f"{out} exists and is not a directory")
-    settings = {"dataset": DATASET_NAME, "seed": seed, "videos": videos, "videos_per_shard": videos_per_shard, "split": split, **asdict(config)}
+    settings = {
+        "dataset": DATASET_NAME,
+        "seed": seed,
+        "videos": videos,
+        "videos_per_shard": videos_per_shard,
+        "split": split,
+        **asdict(config),
+    }
     settings_path = out / "generator.json"
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise OcrlError(f"{out} holds videos generated with other settings ({settings_path}); use another directory")
@@ -410,7 +435,13 @@ def generate_movi(
         indices = list(range(shard * videos_per_shard, min(videos, (shard + 1) * videos_per_shard)))
         jobs.append((path, indices))
     todo = [(path, indices) for path, indices in jobs if not path.exists()]
-    bar = tqdm(total=videos, initial=videos - sum(len(indices) for _, indices in todo), unit="video", desc="generate", disable=not progress)
+    bar = tqdm(
+        total=videos,
+        initial=videos - sum(len(indices) for _, indices in todo),
+        unit="video",
+        desc="generate",
+        disable=not progress,
+    )
     workers = (os.cpu_count() or 1) if workers is None else workers
     try:
         if workers == 0 or not todo:
@@ -419,7 +450,13 @@ def generate_movi(
         else:
             context = multiprocessing.get_context("spawn")  # a forked OpenGL (EGL) context deadlocks
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                for written in pool.map(_write_shard, [str(path) for path, _ in todo], [seed] * len(todo), [indices for _, indices in todo], [config] * len(todo)):
+                for written in pool.map(
+                    _write_shard,
+                    [str(path) for path, _ in todo],
+                    [seed] * len(todo),
+                    [indices for _, indices in todo],
+                    [config] * len(todo),
+                ):
                     bar.update(written)
     finally:
         bar.close()

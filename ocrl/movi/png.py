@@ -73,7 +73,9 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
 def _encode_png16(array: np.ndarray, filter_type: int = 0) -> bytes:
     """(H, W, C) uint16 to a 16-bit PNG; every row uses ``filter_type`` (0 None, 1 Sub, 2 Up)."""
     height, width, channels = array.shape
-    raw = np.ascontiguousarray(array.astype(">u2")).view(np.uint8).reshape(height, width * channels * 2).astype(np.int16)
+    raw = (
+        np.ascontiguousarray(array.astype(">u2")).view(np.uint8).reshape(height, width * channels * 2).astype(np.int16)
+    )
     bytes_per_pixel = channels * 2
     if filter_type == 1:
         raw[:, bytes_per_pixel:] -= raw[:, :-bytes_per_pixel].copy()
@@ -83,7 +85,9 @@ def _encode_png16(array: np.ndarray, filter_type: int = 0) -> bytes:
         raise ValueError(f"filter type {filter_type} is not written here")
     rows = np.concatenate([np.full((height, 1), filter_type, dtype=np.uint8), (raw % 256).astype(np.uint8)], axis=1)
     header = struct.pack(">IIBBBBB", width, height, 16, _COLOUR_TYPE[channels], 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b"")
+    return (
+        _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _chunk(b"IEND", b"")
+    )
 
 
 def _decode_png16(data: bytes, width: int, height: int, channels: int) -> np.ndarray:

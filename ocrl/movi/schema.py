@@ -102,7 +102,19 @@ LABEL_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "material_label": ("metal", "rubber"),
     },
     "movi_b": {
-        "shape_label": ("cube", "cylinder", "sphere", "cone", "torus", "gear", "torus_knot", "sponge", "spot", "teapot", "suzanne"),
+        "shape_label": (
+            "cube",
+            "cylinder",
+            "sphere",
+            "cone",
+            "torus",
+            "gear",
+            "torus_knot",
+            "sponge",
+            "spot",
+            "teapot",
+            "suzanne",
+        ),
         "material_label": ("metal", "rubber"),
     },
     **{name: {"category": CATEGORIES} for name in ("movi_c", "movi_d", "movi_e", "movi_f")},
@@ -113,17 +125,45 @@ IMAGE_KEYS = ("video", "segmentations", "depth", "normal", "object_coordinates")
 SLOW_KEYS = ("normal", "object_coordinates")  # 16-bit colour PNGs: decoded only when asked for
 FLOW_KEYS = ("forward_flow", "backward_flow")  # uint16 tensors as int64 lists
 _RANGE_OF = {"depth": "depth_range", "forward_flow": "forward_flow_range", "backward_flow": "backward_flow_range"}
-_CHANNELS = {"video": 3, "segmentations": 1, "depth": 1, "normal": 3, "object_coordinates": 3, "forward_flow": 2, "backward_flow": 2}
-_IMAGE_DTYPES = {"video": np.uint8, "segmentations": np.uint8, "depth": np.uint16, "normal": np.uint16, "object_coordinates": np.uint16}
+_CHANNELS = {
+    "video": 3,
+    "segmentations": 1,
+    "depth": 1,
+    "normal": 3,
+    "object_coordinates": 3,
+    "forward_flow": 2,
+    "backward_flow": 2,
+}
+_IMAGE_DTYPES = {
+    "video": np.uint8,
+    "segmentations": np.uint8,
+    "depth": np.uint16,
+    "normal": np.uint16,
+    "object_coordinates": np.uint16,
+}
 _METADATA_INTS = ("width", "height", "num_frames", "num_instances")
 _METADATA_RANGES = ("depth_range", "forward_flow_range", "backward_flow_range")
 _CAMERA_SCALARS = ("focal_length", "sensor_width", "field_of_view")
 # per-instance fields: shape after (n,), with s = frames; dtype as read
-_INSTANCE_FRAME_FIELDS = {"positions": (3,), "quaternions": (4,), "velocities": (3,), "angular_velocities": (3,), "bboxes_3d": (8, 3), "image_positions": (2,)}
+_INSTANCE_FRAME_FIELDS = {
+    "positions": (3,),
+    "quaternions": (4,),
+    "velocities": (3,),
+    "angular_velocities": (3,),
+    "bboxes_3d": (8, 3),
+    "image_positions": (2,),
+}
 _INSTANCE_FLOATS = ("mass", "friction", "restitution", "scale")
 _INSTANCE_LABELS = ("shape_label", "size_label", "color_label", "material_label", "category")
 _RAGGED = ("bboxes", "bbox_frames")
-_COLLISION_FIELDS = {"instances": ((2,), np.uint16), "frame": ((), np.int32), "force": ((), np.float32), "position": ((3,), np.float32), "image_position": ((2,), np.float32), "contact_normal": ((3,), np.float32)}
+_COLLISION_FIELDS = {
+    "instances": ((2,), np.uint16),
+    "frame": ((), np.int32),
+    "force": ((), np.float32),
+    "position": ((3,), np.float32),
+    "image_position": ((2,), np.float32),
+    "contact_normal": ((3,), np.float32),
+}
 _SHARD_NAME = re.compile(r"(movi_[a-f]|movi_mujoco)")
 
 
@@ -140,7 +180,9 @@ def shard_paths(path_or_dir: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        shards = sorted(child for child in path.iterdir() if ".tfrecord" in child.name and not child.name.startswith("."))
+        shards = sorted(
+            child for child in path.iterdir() if ".tfrecord" in child.name and not child.name.startswith(".")
+        )
         if not shards:
             raise OcrlError(f"{path} holds no TFRecord shards (files named *.tfrecord*)")
         return shards
@@ -152,7 +194,9 @@ def shard_paths(path_or_dir: str | os.PathLike) -> list[Path]:
     raise OcrlError(f"{path} does not exist")
 
 
-def read_movi(path_or_dir: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True) -> Iterator[dict[str, Any]]:
+def read_movi(
+    path_or_dir: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True
+) -> Iterator[dict[str, Any]]:
     """One dict per video of the MOVi shards at ``path_or_dir`` (file, directory or glob), shard
     by shard in name order (see the module docstring for keys, shapes and dtypes).
 
@@ -166,7 +210,9 @@ def read_movi(path_or_dir: str | os.PathLike, fields: Sequence[str] | str | None
         yield from read_movi_shard(shard, fields=fields, verify=verify)
 
 
-def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True) -> Iterator[dict[str, Any]]:
+def read_movi_shard(
+    shard: str | os.PathLike, fields: Sequence[str] | str | None = None, verify: bool = True
+) -> Iterator[dict[str, Any]]:
     """The videos of one shard (arguments as :func:`read_movi`)."""
     shard = Path(shard)
     variant = movi_variant(shard)
@@ -174,7 +220,9 @@ def read_movi_shard(shard: str | os.PathLike, fields: Sequence[str] | str | None
         yield decode_movi_example(data, fields=fields, variant=variant, where=f"{shard}: record {index}")
 
 
-def decode_movi_example(data: bytes, fields: Sequence[str] | str | None = None, variant: str | None = None, where: str = "example") -> dict[str, Any]:
+def decode_movi_example(
+    data: bytes, fields: Sequence[str] | str | None = None, variant: str | None = None, where: str = "example"
+) -> dict[str, Any]:
     """One serialised MOVi ``tf.train.Example`` to the nested dict of :func:`read_movi`
     (``fields`` as there).
 
@@ -205,7 +253,9 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: s
         used.add(key)
         return flat[key]
 
-    metadata: dict[str, Any] = {"video_name": _text(take("metadata/video_name")) if "metadata/video_name" in flat else ""}
+    metadata: dict[str, Any] = {
+        "video_name": _text(take("metadata/video_name")) if "metadata/video_name" in flat else ""
+    }
     for name in _METADATA_INTS:
         metadata[name] = int(take(f"metadata/{name}")[0])
     for name in _METADATA_RANGES:
@@ -213,7 +263,12 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: s
             metadata[name] = _shaped(take(f"metadata/{name}"), (2,), np.float32, f"metadata/{name}")
     if "metadata/motion_blur" in flat:
         metadata["motion_blur"] = float(take("metadata/motion_blur")[0])
-    frames, height, width, count = metadata["num_frames"], metadata["height"], metadata["width"], metadata["num_instances"]
+    frames, height, width, count = (
+        metadata["num_frames"],
+        metadata["height"],
+        metadata["width"],
+        metadata["num_instances"],
+    )
     result: dict[str, Any] = {"variant": variant, "metadata": metadata}
 
     def want(key: str) -> bool:
@@ -231,7 +286,9 @@ def _decode(flat: dict[str, Any], fields: Sequence[str] | str | None, variant: s
             images = np.stack([_decode_frame(image, key, t) for t, image in enumerate(encoded)])
             expected = (frames, height, width, _CHANNELS[key])
             if images.shape != expected or images.dtype != _IMAGE_DTYPES[key]:
-                raise ValueError(f"{key} decodes to {images.shape} {images.dtype}, expected {expected} {np.dtype(_IMAGE_DTYPES[key])}")
+                raise ValueError(
+                    f"{key} decodes to {images.shape} {images.dtype}, expected {expected} {np.dtype(_IMAGE_DTYPES[key])}"
+                )
             result[key] = _rescale(images, metadata, key) if key == "depth" else images
     for key in FLOW_KEYS:
         if key in flat:
@@ -299,7 +356,9 @@ def _decode_instances(flat: dict[str, Any], take, count: int, frames: int) -> di
         if key in flat:
             instances[name] = _shaped(take(key), (count, frames, *inner), np.float32, key)
     if "instances/visibility" in flat:
-        instances["visibility"] = _shaped(take("instances/visibility"), (count, frames), np.uint16, "instances/visibility")
+        instances["visibility"] = _shaped(
+            take("instances/visibility"), (count, frames), np.uint16, "instances/visibility"
+        )
     for name in _INSTANCE_FLOATS:
         if f"instances/{name}" in flat:
             instances[name] = _shaped(take(f"instances/{name}"), (count,), np.float32, f"instances/{name}")
@@ -315,7 +374,9 @@ def _decode_instances(flat: dict[str, Any], take, count: int, frames: int) -> di
         if len(names) != count:
             raise ValueError(f"instances/asset_id has {len(names)} values for {count} instances")
         instances["asset_id"] = names
-    ragged = {name: _ragged(flat, take, name, count) for name in _RAGGED if f"instances/{name}/ragged_flat_values" in flat}
+    ragged = {
+        name: _ragged(flat, take, name, count) for name in _RAGGED if f"instances/{name}/ragged_flat_values" in flat
+    }
     if "bbox_frames" in ragged:
         bbox_frames = [values.astype(np.int32) for values in ragged["bbox_frames"]]
         instances["bbox_frames"] = bbox_frames
@@ -324,8 +385,12 @@ def _decode_instances(flat: dict[str, Any], take, count: int, frames: int) -> di
             has_box = np.zeros((count, frames), dtype=bool)
             for index, (boxes, frame_list) in enumerate(zip(ragged["bboxes"], bbox_frames)):
                 boxes = boxes.reshape(-1, 4)
-                if len(boxes) != len(frame_list) or (len(frame_list) and (frame_list.min() < 0 or frame_list.max() >= frames)):
-                    raise ValueError(f"instance {index} has {len(boxes)} boxes for frames {frame_list.tolist()} of {frames}")
+                if len(boxes) != len(frame_list) or (
+                    len(frame_list) and (frame_list.min() < 0 or frame_list.max() >= frames)
+                ):
+                    raise ValueError(
+                        f"instance {index} has {len(boxes)} boxes for frames {frame_list.tolist()} of {frames}"
+                    )
                 dense[index, frame_list] = boxes
                 has_box[index, frame_list] = True
             instances["bboxes"] = dense
@@ -339,7 +404,9 @@ def _ragged(flat: dict[str, Any], take, name: str, count: int) -> list[np.ndarra
     lengths = np.asarray(take(f"instances/{name}/ragged_row_lengths_0"), dtype=np.int64)
     width = 4 if name == "bboxes" else 1
     if len(lengths) != count or lengths.min(initial=0) < 0 or lengths.sum() * width != values.size:
-        raise ValueError(f"instances/{name}: row lengths {lengths.tolist()} do not fit {values.size} values of {count} instances")
+        raise ValueError(
+            f"instances/{name}: row lengths {lengths.tolist()} do not fit {values.size} values of {count} instances"
+        )
     splits = np.cumsum(lengths)[:-1] * width
     return list(np.split(values, splits)) if count else []
 
@@ -368,7 +435,9 @@ def encode_movi_example(video: Mapping[str, Any]) -> bytes:
     metadata = video["metadata"]
     features: dict[str, Any] = {}
     for name, value in metadata.items():
-        features[f"metadata/{name}"] = [str(value).encode()] if name == "video_name" else np.atleast_1d(np.asarray(value))
+        features[f"metadata/{name}"] = (
+            [str(value).encode()] if name == "video_name" else np.atleast_1d(np.asarray(value))
+        )
     for key in IMAGE_KEYS:
         if key in video:
             images = np.asarray(video[key])
@@ -378,7 +447,9 @@ def encode_movi_example(video: Mapping[str, Any]) -> bytes:
     for key in FLOW_KEYS:
         if key in video:
             values = np.asarray(video[key])
-            features[key] = _to_uint16(values, metadata[_RANGE_OF[key]]) if values.dtype.kind == "f" else values.astype(np.uint16)
+            features[key] = (
+                _to_uint16(values, metadata[_RANGE_OF[key]]) if values.dtype.kind == "f" else values.astype(np.uint16)
+            )
     for name, value in video.get("camera", {}).items():
         features[f"camera/{name}"] = np.atleast_1d(np.asarray(value, dtype=np.float32))
     for name, value in video.get("instances", {}).items():
@@ -386,7 +457,11 @@ def encode_movi_example(video: Mapping[str, Any]) -> bytes:
         if name in _RAGGED:
             rows = [np.asarray(row, dtype=np.float32 if name == "bboxes" else np.int64) for row in value]
             features[f"{key}/ragged_row_lengths_0"] = np.array([len(row) for row in rows], dtype=np.int64)
-            features[f"{key}/ragged_flat_values"] = np.concatenate([row.ravel() for row in rows]) if rows else np.zeros(0, np.float32 if name == "bboxes" else np.int64)
+            features[f"{key}/ragged_flat_values"] = (
+                np.concatenate([row.ravel() for row in rows])
+                if rows
+                else np.zeros(0, np.float32 if name == "bboxes" else np.int64)
+            )
         elif name == "asset_id":
             features[key] = [str(item).encode() for item in value]
         else:

@@ -185,7 +185,10 @@ def scan_records(path: str | os.PathLike) -> tuple[list[int], str | None]:
                 return offsets, f"{path}: record {index} is corrupt (checksum of its length does not match)"
             end = position + _LENGTH.size + length + _CRC.size
             if end > size:
-                return offsets, f"{path}: record {index} is truncated ({size - position - _LENGTH.size} of {length + _CRC.size} bytes after its header)"
+                return (
+                    offsets,
+                    f"{path}: record {index} is truncated ({size - position - _LENGTH.size} of {length + _CRC.size} bytes after its header)",
+                )
             offsets.append(position)
             position = end
             file.seek(position)
@@ -263,7 +266,9 @@ class TFRecordWriter:
 def _example_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
     """TensorFlow's example.proto and feature.proto (package ``tensorflow``), same field numbers."""
     field = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="ocrl/tensorflow_example.proto", package="tensorflow", syntax="proto3")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="ocrl/tensorflow_example.proto", package="tensorflow", syntax="proto3"
+    )
 
     def message(name: str, fields: Sequence[tuple[str, int, int, int, str]]) -> descriptor_pb2.DescriptorProto:
         described = proto.message_type.add(name=name)
@@ -298,7 +303,10 @@ def _example_file_descriptor() -> descriptor_pb2.FileDescriptorProto:
 def _example_classes() -> dict[str, type]:
     pool = descriptor_pool.DescriptorPool()
     described = pool.Add(_example_file_descriptor())
-    return {name: message_factory.GetMessageClass(described.message_types_by_name[name]) for name in ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List")}
+    return {
+        name: message_factory.GetMessageClass(described.message_types_by_name[name])
+        for name in ("Example", "Features", "Feature", "BytesList", "FloatList", "Int64List")
+    }
 
 
 _CLASSES = _example_classes()
@@ -308,6 +316,7 @@ Feature = _CLASSES["Feature"]
 BytesList = _CLASSES["BytesList"]
 FloatList = _CLASSES["FloatList"]
 Int64List = _CLASSES["Int64List"]
+
 
 def parse_example(data: bytes) -> dict[str, list[bytes] | np.ndarray]:
     """A serialised ``tf.train.Example`` to ``{name: values}``: a list of bytes for a bytes_list,

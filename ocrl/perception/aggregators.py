@@ -21,7 +21,9 @@ class SlotAttention(nn.Module):
     Per iteration: attend with LayerNorm'ed slots as queries, GRU update, residual MLP.
     """
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_heads: int = 1, mlp_hidden_dim: int = 128, epsilon: float = 1e-8):
+    def __init__(
+        self, slot_dim: int, feature_dim: int, num_heads: int = 1, mlp_hidden_dim: int = 128, epsilon: float = 1e-8
+    ):
         super().__init__()
         if slot_dim % num_heads:
             raise ValueError(f"slot_dim {slot_dim} is not divisible by num_heads {num_heads}")
@@ -36,7 +38,9 @@ class SlotAttention(nn.Module):
         self.mlp_norm = nn.LayerNorm(slot_dim)
         self.mlp = MLP(slot_dim, mlp_hidden_dim, slot_dim)
 
-    def forward(self, queries: torch.Tensor, features: torch.Tensor, num_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, features: torch.Tensor, num_iterations: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, K, D), features (B, N, F) -> slots (B, K, D), attention (B, K, N)."""
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be at least 1, got {num_iterations}")
@@ -59,7 +63,9 @@ class InvertedAttentionLayer(nn.Module):
     """One TF-Inv layer: pre-LN cross-attention with inverted attention and renormalisation,
     a residual (or GRU) update, then a residual pre-LN MLP."""
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_heads: int, mlp_hidden_dim: int, use_gru: bool, epsilon: float):
+    def __init__(
+        self, slot_dim: int, feature_dim: int, num_heads: int, mlp_hidden_dim: int, use_gru: bool, epsilon: float
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.epsilon = epsilon
@@ -75,7 +81,12 @@ class InvertedAttentionLayer(nn.Module):
     def forward(self, slots: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """slots (B, K, D), normalised inputs (B, N, F) -> slots (B, K, D), attention (B, K, N)."""
         split = lambda tensor: rearrange(tensor, "b n (h d) -> b h n d", h=self.num_heads)
-        updates, attention = inverted_attention(split(self.to_query(self.slot_norm(slots))), split(self.to_key(inputs)), split(self.to_value(inputs)), self.epsilon)
+        updates, attention = inverted_attention(
+            split(self.to_query(self.slot_norm(slots))),
+            split(self.to_key(inputs)),
+            split(self.to_value(inputs)),
+            self.epsilon,
+        )
         updates = self.to_output(rearrange(updates, "b h k d -> b k (h d)"))
         if self.gru is None:
             slots = slots + updates
@@ -96,17 +107,33 @@ class InvertedAttentionTransformer(nn.Module):
     episode's first frame and fewer on later frames.
     """
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_layers: int, num_heads: int = 1, mlp_hidden_dim: int = 128, use_gru: bool = False, epsilon: float = 1e-8):
+    def __init__(
+        self,
+        slot_dim: int,
+        feature_dim: int,
+        num_layers: int,
+        num_heads: int = 1,
+        mlp_hidden_dim: int = 128,
+        use_gru: bool = False,
+        epsilon: float = 1e-8,
+    ):
         super().__init__()
         if slot_dim % num_heads:
             raise ValueError(f"slot_dim {slot_dim} is not divisible by num_heads {num_heads}")
         self.input_norm = nn.LayerNorm(feature_dim)
-        self.layers = nn.ModuleList(InvertedAttentionLayer(slot_dim, feature_dim, num_heads, mlp_hidden_dim, use_gru, epsilon) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            InvertedAttentionLayer(slot_dim, feature_dim, num_heads, mlp_hidden_dim, use_gru, epsilon)
+            for _ in range(num_layers)
+        )
 
-    def forward(self, queries: torch.Tensor, features: torch.Tensor, num_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, features: torch.Tensor, num_iterations: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, K, D), features (B, N, F) -> slots (B, K, D), attention (B, K, N)."""
         if not 1 <= num_iterations <= len(self.layers):
-            raise ValueError(f"num_iterations must be in 1..{len(self.layers)} (the number of layers), got {num_iterations}")
+            raise ValueError(
+                f"num_iterations must be in 1..{len(self.layers)} (the number of layers), got {num_iterations}"
+            )
         inputs = self.input_norm(features)
         slots = queries
         for layer in self.layers[:num_iterations]:
@@ -116,10 +143,16 @@ class InvertedAttentionTransformer(nn.Module):
 
 def build_aggregator(config: AggregatorConfig, slot_dim: int, feature_dim: int) -> nn.Module:
     if min(config.iterations_first, config.iterations_next) < 1:
-        raise ValueError(f"iterations must be at least 1, got first={config.iterations_first}, next={config.iterations_next}")
+        raise ValueError(
+            f"iterations must be at least 1, got first={config.iterations_first}, next={config.iterations_next}"
+        )
     if config.kind == "slot_attention":
         return SlotAttention(slot_dim, feature_dim, config.num_heads, config.mlp_hidden_dim)
     if config.kind == "inverted_attention_transformer":
         num_layers = max(config.iterations_first, config.iterations_next)
-        return InvertedAttentionTransformer(slot_dim, feature_dim, num_layers, config.num_heads, config.mlp_hidden_dim, config.use_gru)
-    raise ValueError(f"unknown aggregator kind {config.kind!r}; known: 'slot_attention', 'inverted_attention_transformer'")
+        return InvertedAttentionTransformer(
+            slot_dim, feature_dim, num_layers, config.num_heads, config.mlp_hidden_dim, config.use_gru
+        )
+    raise ValueError(
+        f"unknown aggregator kind {config.kind!r}; known: 'slot_attention', 'inverted_attention_transformer'"
+    )

@@ -165,7 +165,9 @@ class PerceptionConfig(JsonConfig):
     depth_loss_weight: float = 1.0
 
 
-def perception_config(family: str = "smoothsa", size: str = "small", resolution: int = 64, num_slots: int | None = None) -> PerceptionConfig:
+def perception_config(
+    family: str = "smoothsa", size: str = "small", resolution: int = 64, num_slots: int | None = None
+) -> PerceptionConfig:
     """A preset.
 
     Families:
@@ -215,18 +217,32 @@ def perception_config(family: str = "smoothsa", size: str = "small", resolution:
             aggregator=AggregatorConfig(mlp_hidden_dim=256),
             preheater=PreheaterConfig(mlp_hidden_dim=256, start_step=50_000),
             transitioner=TransitionerConfig(mlp_hidden_dim=256),
-            decoder=DecoderConfig(broadcast_size=max(8, resolution // 8), hidden_channels=64, num_layers=4, upsamples=2, kernel_size=5),
+            decoder=DecoderConfig(
+                broadcast_size=max(8, resolution // 8), hidden_channels=64, num_layers=4, upsamples=2, kernel_size=5
+            ),
         )
     config.family = family
     config.resolution = resolution
     if num_slots is not None:
         config.num_slots = num_slots
     if family == "slot_attention":
-        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "slot_attention", 3, 3
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = (
+            "slot_attention",
+            3,
+            3,
+        )
     elif family == "tf_inv":
-        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "inverted_attention_transformer", 3, 3
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = (
+            "inverted_attention_transformer",
+            3,
+            3,
+        )
         config.aggregator.use_gru = True
     else:
-        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = "slot_attention", 3, 1
+        config.aggregator.kind, config.aggregator.iterations_first, config.aggregator.iterations_next = (
+            "slot_attention",
+            3,
+            1,
+        )
         config.preheater.enabled = True
     return config

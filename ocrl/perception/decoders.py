@@ -42,7 +42,17 @@ class SpatialBroadcastDecoder(nn.Module):
     stepping gets per-slot depth from it without decoding.
     """
 
-    def __init__(self, slot_dim: int, resolution: int, broadcast_size: int = 16, hidden_channels: int = 32, num_layers: int = 3, upsamples: int = 0, kernel_size: int = 3, predict_depth: bool = True):
+    def __init__(
+        self,
+        slot_dim: int,
+        resolution: int,
+        broadcast_size: int = 16,
+        hidden_channels: int = 32,
+        num_layers: int = 3,
+        upsamples: int = 0,
+        kernel_size: int = 3,
+        predict_depth: bool = True,
+    ):
         super().__init__()
         if not 0 <= upsamples <= num_layers:
             raise ValueError(f"upsamples must be in 0..num_layers ({num_layers}), got {upsamples}")
@@ -71,7 +81,9 @@ class SpatialBroadcastDecoder(nn.Module):
         output = self.head(self.layers(torch.relu(hidden)))
         if output.shape[-1] != self.resolution:
             # resize logits, not masks: the softmax after resizing draws edges inside grid cells
-            output = F.interpolate(output, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
+            output = F.interpolate(
+                output, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False
+            )
         output = rearrange(output, "(b k) c h w -> b k c h w", b=batch, k=num_slots)
         masks = output[:, :, 3].float().softmax(dim=1)
         reconstruction = (masks.unsqueeze(2) * output[:, :, :3].float()).sum(dim=1)
@@ -91,4 +103,13 @@ class SpatialBroadcastDecoder(nn.Module):
 def build_decoder(config: DecoderConfig, slot_dim: int, resolution: int) -> SpatialBroadcastDecoder:
     if config.kind != "spatial_broadcast":
         raise ValueError(f"unknown decoder kind {config.kind!r}; known: 'spatial_broadcast'")
-    return SpatialBroadcastDecoder(slot_dim, resolution, config.broadcast_size, config.hidden_channels, config.num_layers, config.upsamples, config.kernel_size, config.predict_depth)
+    return SpatialBroadcastDecoder(
+        slot_dim,
+        resolution,
+        config.broadcast_size,
+        config.hidden_channels,
+        config.num_layers,
+        config.upsamples,
+        config.kernel_size,
+        config.predict_depth,
+    )

@@ -48,7 +48,13 @@ class SlotEncoder:
         device: where the model runs (default: cuda when available).
     """
 
-    def __init__(self, model: Any = None, num_streams: int = 1, keys: Sequence[str] = DEFAULT_KEYS, device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model: Any = None,
+        num_streams: int = 1,
+        keys: Sequence[str] = DEFAULT_KEYS,
+        device: torch.device | str | None = None,
+    ):
         keys = tuple(keys)
         unknown = [key for key in keys if key not in SLOT_CODE_KEYS]
         if unknown or not keys:
@@ -77,7 +83,9 @@ class SlotEncoder:
             raise ValueError(f"frames must be RGB (H, W, 3), got shape {tuple(shape)}")
         height, width = shape[:2]
         if min(height, width) * MAX_UPSCALE < self.resolution:
-            raise ValueError(f"frames of {height}x{width} are too small for a {self.resolution}x{self.resolution} model (more than {MAX_UPSCALE:g}x upscaling); render larger frames")
+            raise ValueError(
+                f"frames of {height}x{width} are too small for a {self.resolution}x{self.resolution} model (more than {MAX_UPSCALE:g}x upscaling); render larger frames"
+            )
 
     def resize(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) or float (B, H, W, 3) in [0, 1] -> float (B, 3, R, R) in [0, 1] on the model's device."""
@@ -91,7 +99,9 @@ class SlotEncoder:
             raise ValueError(f"frames must be uint8 or float in [0, 1], got dtype {frames.dtype}")
         return prepare_frames(frames, self.resolution, self.model.device, resize=True)
 
-    def encode(self, frames: np.ndarray, is_first: Any = None, streams: Sequence[int] | None = None, advance: bool = True) -> dict[str, np.ndarray]:
+    def encode(
+        self, frames: np.ndarray, is_first: Any = None, streams: Sequence[int] | None = None, advance: bool = True
+    ) -> dict[str, np.ndarray]:
         """Encode one frame per stream; returns float32 arrays (B, ...) keyed by :attr:`keys`.
 
         Args:
@@ -103,7 +113,11 @@ class SlotEncoder:
                 episode (SB3's terminal observation) without disturbing the state of the next.
         """
         index = None if streams is None else torch.as_tensor(np.asarray(streams), dtype=torch.long)
-        state = self.state if index is None else PerceptionState(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
+        state = (
+            self.state
+            if index is None
+            else PerceptionState(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
+        )
         codes, new_state = self.model.step(self.resize(frames), state, is_first, return_masks=self.return_masks)
         if advance:
             if index is None:

@@ -36,7 +36,12 @@ class CNNBackbone(nn.Sequential):
             raise ValueError(f"a /{downsample} CNN needs at least {strides} layers, got num_layers={num_layers}")
         layers: list[nn.Module] = []
         for index in range(num_layers):
-            layers += [nn.Conv2d(3 if index == 0 else channels, channels, kernel_size, 2 if index < strides else 1, kernel_size // 2), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(
+                    3 if index == 0 else channels, channels, kernel_size, 2 if index < strides else 1, kernel_size // 2
+                ),
+                nn.ReLU(inplace=True),
+            ]
         super().__init__(*layers)
         self.out_channels = channels
 
@@ -79,7 +84,11 @@ class ResNetBackbone(nn.Sequential):
 
     def __init__(self, channels: int, blocks_per_stage: int, downsample: int):
         strides = int(math.log2(downsample))
-        layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, 2 if strides else 1, 1, bias=False), _group_norm(channels), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, channels, 3, 2 if strides else 1, 1, bias=False),
+            _group_norm(channels),
+            nn.ReLU(inplace=True),
+        ]
         width = channels
         for stage in range(max(strides, 1)):
             stage_width = channels * min(2**stage, 4)
@@ -107,8 +116,12 @@ class ImageEncoder(nn.Module):
         """frames (B, 3, H, W) in [0, 1] -> features (B, grid_size**2, feature_dim)."""
         feature_map = self.backbone(frames * 2 - 1)
         if feature_map.shape[-2:] != (self.grid_size, self.grid_size):
-            raise ValueError(f"encoder produced a {tuple(feature_map.shape[-2:])} grid, expected {self.grid_size}x{self.grid_size}")
-        tokens = rearrange(feature_map, "b c h w -> b (h w) c") + rearrange(self.position_embedding(self.grid), "h w c -> (h w) c")
+            raise ValueError(
+                f"encoder produced a {tuple(feature_map.shape[-2:])} grid, expected {self.grid_size}x{self.grid_size}"
+            )
+        tokens = rearrange(feature_map, "b c h w -> b (h w) c") + rearrange(
+            self.position_embedding(self.grid), "h w c -> (h w) c"
+        )
         return self.mlp(self.norm(tokens))
 
 

@@ -30,7 +30,14 @@ class GaussianQueries(nn.Module):
     be identical), so a trained per-slot model is deterministic at test time.
     """
 
-    def __init__(self, num_slots: int, slot_dim: int, per_slot_means: bool = True, initial_sigma: float = 1.0, anneal_steps: int = 0):
+    def __init__(
+        self,
+        num_slots: int,
+        slot_dim: int,
+        per_slot_means: bool = True,
+        initial_sigma: float = 1.0,
+        anneal_steps: int = 0,
+    ):
         super().__init__()
         self.num_slots = num_slots
         self.per_slot_means = per_slot_means

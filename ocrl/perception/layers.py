@@ -42,11 +42,15 @@ class MultiHeadAttention(nn.Module):
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """queries (B, M, dim), keys (B, N, key_dim) -> (B, M, dim)."""
         split = lambda tensor: rearrange(tensor, "b n (h d) -> b h n d", h=self.num_heads)
-        attended = F.scaled_dot_product_attention(split(self.to_query(queries)), split(self.to_key(keys)), split(self.to_value(keys)))
+        attended = F.scaled_dot_product_attention(
+            split(self.to_query(queries)), split(self.to_key(keys)), split(self.to_value(keys))
+        )
         return self.to_output(rearrange(attended, "b h n d -> b n (h d)"))
 
 
-def inverted_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, epsilon: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+def inverted_attention(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, epsilon: float = 1e-8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Slot Attention's attention: softmax over the queries, then renormalised over the inputs.
 
     Args:

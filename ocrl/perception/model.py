@@ -69,11 +69,15 @@ def _first_mask(is_first: Any, state: PerceptionState) -> torch.Tensor:
     if is_first is None:
         first = torch.zeros(batch, dtype=torch.bool)
     else:
-        first = torch.as_tensor(np.asarray(is_first.detach().cpu() if isinstance(is_first, torch.Tensor) else is_first), dtype=torch.bool)
+        first = torch.as_tensor(
+            np.asarray(is_first.detach().cpu() if isinstance(is_first, torch.Tensor) else is_first), dtype=torch.bool
+        )
         if first.dim() == 0:
             first = first.expand(batch)
         if tuple(first.shape) != (batch,):
-            raise ValueError(f"is_first must be a bool or have shape ({batch},) like the batch, got {tuple(first.shape)}")
+            raise ValueError(
+                f"is_first must be a bool or have shape ({batch},) like the batch, got {tuple(first.shape)}"
+            )
     return first | ~state.started
 
 
@@ -161,7 +165,9 @@ class VideoSlotModel(nn.Module):
             started=torch.zeros(batch_size, dtype=torch.bool),
         )
 
-    def first_frame(self, features: torch.Tensor, conditions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def first_frame(
+        self, features: torch.Tensor, conditions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """features (B, N, F) of episodes' first frames -> slots (B, K, D), attention (B, K, N),
         preheated queries (B, K, D) or None."""
         queries = self.initializer(features.shape[0], conditions)
@@ -183,7 +189,14 @@ class VideoSlotModel(nn.Module):
         return rearrange(attention, "... k (h w) -> ... k h w", h=side, w=side)
 
     @torch.no_grad()
-    def step(self, frames: Any, state: PerceptionState, is_first: Any = None, return_masks: bool = False, conditions: Any = None) -> tuple[SlotCodes, PerceptionState]:
+    def step(
+        self,
+        frames: Any,
+        state: PerceptionState,
+        is_first: Any = None,
+        return_masks: bool = False,
+        conditions: Any = None,
+    ) -> tuple[SlotCodes, PerceptionState]:
         """Encode one frame per stream.
 
         Args:
@@ -216,10 +229,20 @@ class VideoSlotModel(nn.Module):
             # in iteration count) and put the results back in batch order.
             starting = first.nonzero().squeeze(1).to(self.device)
             continuing = (~first).nonzero().squeeze(1).to(self.device)
-            first_slots, first_attention, _ = self.first_frame(features[starting], None if conditions is None else conditions[starting])
+            first_slots, first_attention, _ = self.first_frame(
+                features[starting], None if conditions is None else conditions[starting]
+            )
             next_slots, next_attention = self.next_frame(features[continuing], state.slots[continuing])
-            slots = first_slots.new_empty(state.slots.shape).index_copy(0, starting, first_slots).index_copy(0, continuing, next_slots)
-            attention = first_attention.new_empty(features.shape[0], *first_attention.shape[1:]).index_copy(0, starting, first_attention).index_copy(0, continuing, next_attention)
+            slots = (
+                first_slots.new_empty(state.slots.shape)
+                .index_copy(0, starting, first_slots)
+                .index_copy(0, continuing, next_slots)
+            )
+            attention = (
+                first_attention.new_empty(features.shape[0], *first_attention.shape[1:])
+                .index_copy(0, starting, first_attention)
+                .index_copy(0, continuing, next_attention)
+            )
         new_state = PerceptionState(slots=slots, started=torch.ones_like(state.started))
         depth_known = bool(self.depth_supervised)
         if return_masks:
@@ -238,7 +261,9 @@ class VideoSlotModel(nn.Module):
         """slots (B, K, D) -> :class:`DecoderOutput`."""
         return self.decoder(slots)
 
-    def forward(self, clip: Any, depth: torch.Tensor | None = None, conditions: torch.Tensor | None = None) -> ClipOutput:
+    def forward(
+        self, clip: Any, depth: torch.Tensor | None = None, conditions: torch.Tensor | None = None
+    ) -> ClipOutput:
         """Train on clips that each start an episode (their first frame is a first frame).
 
         Args:
@@ -255,10 +280,16 @@ class VideoSlotModel(nn.Module):
         if depth is not None:
             depth = torch.as_tensor(depth, device=self.device, dtype=torch.float32)
             if tuple(depth.shape) != (batch, length, self.resolution, self.resolution):
-                raise ValueError(f"depth must be (B, T, H, W) = {(batch, length, self.resolution, self.resolution)}, got {tuple(depth.shape)}")
+                raise ValueError(
+                    f"depth must be (B, T, H, W) = {(batch, length, self.resolution, self.resolution)}, got {tuple(depth.shape)}"
+                )
             if not getattr(self.decoder, "predict_depth", False):
-                raise ValueError("ground-truth depth was given but the decoder predicts no depth (decoder.predict_depth=False)")
-        features = rearrange(self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) n f -> b t n f", b=batch)
+                raise ValueError(
+                    "ground-truth depth was given but the decoder predicts no depth (decoder.predict_depth=False)"
+                )
+        features = rearrange(
+            self.encoder(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) n f -> b t n f", b=batch
+        )
         slots, attention, preheated = self.first_frame(features[:, 0], conditions)
         all_slots, all_attention = [slots], [attention]
         for index in range(1, length):
@@ -269,7 +300,9 @@ class VideoSlotModel(nn.Module):
         attention = torch.stack(all_attention, dim=1)
         decoded = self.decoder(rearrange(slots, "b t k d -> (b t) k d"))
         unflatten = lambda tensor: None if tensor is None else rearrange(tensor, "(b t) ... -> b t ...", b=batch)
-        reconstructions, masks, slot_depth, depth_map = map(unflatten, (decoded.reconstruction, decoded.masks, decoded.slot_depth, decoded.depth_map))
+        reconstructions, masks, slot_depth, depth_map = map(
+            unflatten, (decoded.reconstruction, decoded.masks, decoded.slot_depth, decoded.depth_map)
+        )
         if depth is not None and self.training:
             self.depth_supervised.fill_(True)
         depth_known = (depth is not None or bool(self.depth_supervised)) and slot_depth is not None
@@ -291,4 +324,14 @@ class VideoSlotModel(nn.Module):
             probe = self.decoder.read_depth(slots.detach())
             losses["depth"] = (masks.detach() * (probe[..., None, None] - relative[:, :, None]) ** 2).sum(dim=2).mean()
             loss = loss + self.depth_loss_weight * losses["depth"]
-        return ClipOutput(reconstructions, masks, slots, self._attention_maps(attention), position, presence, depth_map.detach().clamp(0, 1) if depth_known else None, losses, loss)
+        return ClipOutput(
+            reconstructions,
+            masks,
+            slots,
+            self._attention_maps(attention),
+            position,
+            presence,
+            depth_map.detach().clamp(0, 1) if depth_known else None,
+            losses,
+            loss,
+        )

@@ -23,7 +23,15 @@ from ocrl.perception.layers import MLP, MultiHeadAttention
 class QueryPreheater(nn.Module):
     """Pre-LN block: cross-attention to the features, self-attention among queries, MLP."""
 
-    def __init__(self, slot_dim: int, feature_dim: int, num_heads: int = 4, mlp_hidden_dim: int = 128, detach_features: bool = True, start_step: int = 0):
+    def __init__(
+        self,
+        slot_dim: int,
+        feature_dim: int,
+        num_heads: int = 4,
+        mlp_hidden_dim: int = 128,
+        detach_features: bool = True,
+        start_step: int = 0,
+    ):
         super().__init__()
         self.detach_features = detach_features
         self.start_step = start_step
@@ -54,4 +62,6 @@ class QueryPreheater(nn.Module):
 def build_preheater(config: PreheaterConfig, slot_dim: int, feature_dim: int) -> QueryPreheater | None:
     if not config.enabled:
         return None
-    return QueryPreheater(slot_dim, feature_dim, config.num_heads, config.mlp_hidden_dim, config.detach_features, config.start_step)
+    return QueryPreheater(
+        slot_dim, feature_dim, config.num_heads, config.mlp_hidden_dim, config.detach_features, config.start_step
+    )

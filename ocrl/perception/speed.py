@@ -42,7 +42,9 @@ def matmul_gflops(size: int = 1024, repeats: int = 20, device: str = "cpu") -> f
     return 2 * size**3 / median / 1e9
 
 
-def measure(model: torch.nn.Module, batch_size: int, train_batch_size: int, clip_length: int, repeats: int, device: str) -> dict[str, tuple[float, float]]:
+def measure(
+    model: torch.nn.Module, batch_size: int, train_batch_size: int, clip_length: int, repeats: int, device: str
+) -> dict[str, tuple[float, float]]:
     """{measure: (median, best)}: step frames/s (first/next frames, without/with masks), train
     step seconds, and GFLOP per next frame with the GFLOP/s reached."""
     model = model.to(device).eval()
@@ -54,7 +56,10 @@ def measure(model: torch.nn.Module, batch_size: int, train_batch_size: int, clip
     results = {}
     for masks in (False, True):
         for name, first in (("first", True), ("next", False)):
-            median, best = _time(lambda first=first, masks=masks: (model.step(frames, started, first, return_masks=masks), sync()), repeats)
+            median, best = _time(
+                lambda first=first, masks=masks: (model.step(frames, started, first, return_masks=masks), sync()),
+                repeats,
+            )
             results[f"{name}{'+masks' if masks else ''} frames/s"] = (batch_size / median, batch_size / best)
     with FlopCounterMode(display=False) as counter:
         model.step(frames, started, False)
@@ -92,8 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, size {args.size}, "
-          f"{args.resolution}x{args.resolution} (presets), step batch {args.batch_size}, train batch {args.train_batch_size}x{args.clip_length} frames")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, size {args.size}, "
+        f"{args.resolution}x{args.resolution} (presets), step batch {args.batch_size}, train batch {args.train_batch_size}x{args.clip_length} frames"
+    )
     print(f"fp32 matmul 1024x1024: {matmul_gflops(device=args.device):.0f} GFLOP/s")
     if args.checkpoint:
         import ocrl
@@ -101,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         models = {args.checkpoint: ocrl.load_perception(args.checkpoint, device=args.device)}
     else:
         torch.manual_seed(0)
-        models = {family: build_perception(perception_config(family, args.size, args.resolution)) for family in args.families}
+        models = {
+            family: build_perception(perception_config(family, args.size, args.resolution)) for family in args.families
+        }
     for name, model in models.items():
         results = measure(model, args.batch_size, args.train_batch_size, args.clip_length, args.repeats, args.device)
         print(f"{name:15s} " + "  ".join(_format(key, value) for key, value in results.items()), flush=True)
