@@ -21,6 +21,7 @@ import numpy as np
 
 import ocrl
 from ocrl.agents import AgentConfig, train_agent
+from ocrl.agents.training import CURVE_FILE, read_curve
 from ocrl.data.collect import collect
 from ocrl.evaluation import encode_video, evaluate_perception
 from ocrl.perception.frames import prepare_frames
@@ -75,7 +76,15 @@ def main() -> None:
     print(
         f"\n== 4. PPO on slot codes of {args.agent_env} for {args.agent_steps} steps (benchmarks/RESULTS.md has longer runs)"
     )
-    metrics = train_agent(AgentConfig(env_id=args.agent_env), out / "agent", steps=args.agent_steps, eval_episodes=20)
+    metrics = train_agent(
+        AgentConfig(env_id=args.agent_env),
+        out / "agent",
+        steps=args.agent_steps,
+        checkpoint_every=4096,
+        eval_episodes=20,
+    )
+    for row in read_curve(out / "agent" / CURVE_FILE):
+        print(f"{row['env_steps']:>7.0f} env steps: held-out success {row['success_rate']:.2f}")
     print(json.dumps(metrics))
     print(f"\nall outputs in {out}/; evaluate again with: ocrl eval-agent {out / 'agent'} --video {out / 'agent.gif'}")
 
