@@ -34,6 +34,7 @@ from ocrl.checkpoint import (
     TRAINER_TENSORS_FILE,
     WEIGHTS_FILE,
     load_checkpoint,
+    load_metrics,
     load_trainer_state,
     save_checkpoint,
 )
@@ -211,6 +212,35 @@ def test_world_model_training_interrupted_at_a_random_step_keeps_it_and_resumes(
         train_world_model(store, out, tiny_perception, model_config=model_config, training=training, progress=False)
         assert load_trainer_state(out)["step"] == 4
         TALLY["train-world-model: Ctrl-C at a random step"]["checkpoint of that step kept, resumed to the end"] += 1
+
+
+def test_agent_training_interrupted_at_a_random_step_keeps_it_and_resumes(tmp_path, monkeypatch):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from ocrl.agents import AgentConfig, train_agent
+
+    config = AgentConfig(observation="ground_truth", algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1})
+    generator = random.Random(5)
+    step_wait = DummyVecEnv.step_wait
+    for case in range(2):
+        out, stop = tmp_path / f"agent-{case}", generator.randrange(10, 60)
+        calls = Counter()
+
+        def step_then_interrupt(self):
+            calls["step"] += self.num_envs == 2  # the training env; evaluation runs 3 sub-envs
+            if calls["step"] > stop:
+                raise KeyboardInterrupt
+            return step_wait(self)
+
+        monkeypatch.setattr(DummyVecEnv, "step_wait", step_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train_agent(config, out, steps=128, num_envs=2, checkpoint_every=32, eval_episodes=3, progress=False)
+        # every env step taken before the interrupt is in the checkpoint (2 sub-envs per call)
+        assert load_trainer_state(out)["num_timesteps"] == 2 * stop
+        monkeypatch.setattr(DummyVecEnv, "step_wait", step_wait)
+        train_agent(config, out, steps=128, num_envs=2, checkpoint_every=32, eval_episodes=3, progress=False)
+        assert load_trainer_state(out)["num_timesteps"] >= 128 and load_metrics(out)["done"]
+        TALLY["train-agent: Ctrl-C at a random env step"]["checkpoint of that step kept, resumed to the end"] += 1
 
 
 @pytest.fixture(scope="module")
