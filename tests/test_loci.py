@@ -231,3 +231,14 @@ def test_staged_pretraining_resumes_inside_a_stage_and_evaluates(store, tmp_path
     model = ocrl.load_perception(out)
     scores = evaluate_perception(model, store.path, num_frames=4, progress=False)
     assert 0.0 <= scores["miou"] <= 1.0 and scores["videos"] == 2
+
+
+def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
+    from ocrl.cli import main
+
+    base = ["pretrain", "--model", "loci", "--data", str(store.path), "--out", str(tmp_path / "loci")]
+    for extra, message in ((["--steps", "3"], "per stage"), (["--conditional"], "without ground truth")):
+        assert main([*base, *extra]) != 0
+        assert message in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), "--foreground", "median"]) != 0
+    assert "--model loci" in capsys.readouterr().err

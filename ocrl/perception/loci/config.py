@@ -108,7 +108,8 @@ class AssignmentConfig:
         similar in position and Gestalt are nullified, the paper's regularised initial slots).
     warmup_train, warmup_eval: encoder/decoder-only passes on an episode's first frame while
         training and at evaluation (paper: 3 and 10).
-    min_foreground: residual foreground mass (fraction of the image) below which no slot is seeded.
+    min_foreground: fraction of the image that a connected part of the unexplained foreground
+        must cover to get a slot (0.005: 20 pixels at 64x64; the smallest sprites cover ~45).
     keep_overlap: a slot is kept after a warm-up pass when this fraction of its visible mask lies
         on the foreground.
     similar_distance, similar_correlation: regularised: two slots closer than this whose Gestalt
@@ -119,7 +120,7 @@ class AssignmentConfig:
     kind: str = "regularised"
     warmup_train: int = 2
     warmup_eval: int = 4
-    min_foreground: float = 0.002
+    min_foreground: float = 0.005
     keep_overlap: float = 0.5
     similar_distance: float = 0.1
     similar_correlation: float = 0.8

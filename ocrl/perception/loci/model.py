@@ -200,9 +200,11 @@ class LociModel(nn.Module):
         The residual ``foreground * background_weight`` (foreground that the slots leave to the
         background) is thresholded at 1/2 and sampled uniformly, one slot after another; after
         each sample the connected part of the residual around it (up to ``resolution / 4``
-        pixels away) is removed, so that one pass does not put two slots on one object. Objects
-        that touch form one part: the next pass seeds the one its slot did not explain. Returns
-        the slots and which were seeded (B, K) bool.
+        pixels away) is removed, so that one pass does not put two slots on one object; a part
+        smaller than ``assignment.min_foreground`` of the image gets no slot. Objects that touch
+        form one part: the next pass seeds the one its slot did not explain. Returns the slots
+        and which were seeded (B, K) bool. Slots beyond the first few parts stay empty when the
+        sampled parts are fragments; the next pass tries again.
         """
         settings = self.config.assignment
         size = self.resolution
@@ -218,6 +220,14 @@ class LociModel(nn.Module):
             if not bool(wanted.any()):
                 continue
             index = torch.multinomial(flat + 1e-12, 1, generator=self._sampling_generator(flat.device))[:, 0]
+            # grow the sampled pixel through the residual: its connected part (flood fill)
+            region = torch.zeros_like(flat).scatter_(1, index[:, None], wanted[:, None].float()).view_as(residual)
+            region, inside = region[:, None], residual[:, None]
+            for _ in range(size // 4):
+                region = F.max_pool2d(region, 3, stride=1, padding=1) * inside
+            residual = residual * (1 - region[:, 0])
+            # a fragment (an edge that the slots' masks miss) is dropped, not given a slot
+            wanted = wanted & (region.flatten(1).sum(dim=1) >= minimum)
             seed_x, seed_y = x[index % size], y[index // size]
             new_position = torch.stack(
                 [seed_x, seed_y, torch.full_like(seed_x, SEED_SIZE), torch.zeros_like(seed_x)], dim=-1
@@ -226,12 +236,6 @@ class LociModel(nn.Module):
             gestalt[:, k] = torch.where(wanted[:, None], torch.zeros_like(gestalt[:, k]), gestalt[:, k])
             occupancy[:, k] = torch.where(wanted, torch.ones_like(occupancy[:, k]), occupancy[:, k])
             fresh[:, k] = wanted
-            # grow the sampled pixel through the residual: its connected part (flood fill)
-            region = torch.zeros_like(flat).scatter_(1, index[:, None], wanted[:, None].float()).view_as(residual)
-            region, inside = region[:, None], residual[:, None]
-            for _ in range(size // 4):
-                region = F.max_pool2d(region, 3, stride=1, padding=1) * inside
-            residual = residual * (1 - region[:, 0])
         return LociSlots(gestalt, position, occupancy), fresh
 
     def _sampling_generator(self, device: torch.device) -> torch.Generator | None:

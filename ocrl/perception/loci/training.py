@@ -45,8 +45,8 @@ class LociTrainingConfig:
     start of each stage.
     """
 
-    background_steps: int = 300
-    object_steps: int = 1_200
+    background_steps: int = 1_000
+    object_steps: int = 1_000
     full_steps: int = 200
     background_batch_size: int = 16
     object_batch_size: int = 8
