@@ -42,12 +42,14 @@ class SlotImages:
 class Composition:
     """Slots composed with the background: weights (B, K, H, W) each slot's visible mask,
     background (B, H, W) the background's; they sum to 1 at every pixel. rgb (B, 3, H, W) and
-    depth (B, H, W) the composed frame and depth map."""
+    depth (B, H, W) the composed frame and depth map. uncovered (B, H, W): where no slot's own
+    object mask reaches, ``prod_k (1 - m_k)`` (what slot assignment looks for new objects in)."""
 
     weights: torch.Tensor
     background: torch.Tensor
     rgb: torch.Tensor
     depth: torch.Tensor
+    uncovered: torch.Tensor
 
 
 def compose(
@@ -56,27 +58,33 @@ def compose(
     background_rgb: torch.Tensor,
     background_depth: torch.Tensor,
     temperature: float,
+    foreground: torch.Tensor | None = None,
 ) -> Composition:
     """Depth-priority composition of K slots over the background.
 
     occupancy (B, K) in {0, 1}; background_rgb (B, 3, H, W); background_depth (B, 1, H, W).
     A pixel is background with the probability that no slot's object mask covers it,
-    ``prod_k (1 - m_k)``; the rest is shared among the slots by a softmax of
-    ``log m_k - d_k / temperature``, so where masks overlap the nearest slot wins (exactly, as
-    the temperature goes to 0) and the weights of slots and background sum to 1. Unoccupied
-    slots get no weight. Computed in float32 from log-sigmoids (stable for large logits).
+    ``prod_k (1 - m_k)``, or, given ``foreground`` (B, 1, H, W) (the uncertainty map), with
+    ``1 - foreground`` where any slot is occupied. The rest is shared among the slots by a
+    softmax of ``log m_k - d_k / temperature``, so where masks overlap the nearest slot wins
+    (exactly, as the temperature goes to 0) and the weights of slots and background sum to 1.
+    Unoccupied slots get no weight. Computed in float32 from log-sigmoids (stable for large logits).
     """
     empty = (occupancy <= 0)[..., None, None]
     logits = images.mask_logits.float()
     log_mask = F.logsigmoid(logits).masked_fill(empty, EMPTY_LOGIT)
     log_free = F.logsigmoid(-logits).masked_fill(empty, 0.0)
     log_background = log_free.sum(dim=1)
-    background = log_background.exp()
     share = torch.softmax(log_mask - images.depth.float() / temperature, dim=1)
-    weights = share * (-torch.expm1(log_background))[:, None]
+    if foreground is None:
+        weights = share * (-torch.expm1(log_background))[:, None]
+    else:
+        # all-unoccupied: the softmax is uniform over the empty slots; they get nothing
+        weights = share * (~empty).float() * foreground.float()
+    background = 1 - weights.sum(dim=1)
     rgb = (weights[:, :, None] * images.rgb.float()).sum(dim=1) + background[:, None] * background_rgb.float()
     depth = (weights * images.depth.float()).sum(dim=1) + background * background_depth[:, 0].float()
-    return Composition(weights, background, rgb, depth)
+    return Composition(weights, background, rgb, depth, log_background.exp())
 
 
 class PixelHead(nn.Module):

@@ -40,6 +40,7 @@ class ObjectEncoder(nn.Module):
         channels, patch, kernel = config.channels, config.patch_size, config.kernel_size
         condition = 3 * gestalt_dim if config.hyper else 0
         self.hyper = config.hyper
+        self.binarise = config.binarise
         self.frame_stem = nn.Conv2d(FRAME_CHANNELS, channels, patch, stride=patch)
         self.slot_stem = nn.Conv2d(SLOT_CHANNELS, channels, patch, stride=patch, bias=False)
         self.stage1 = nn.ModuleList(ConvNeXtBlock(channels, kernel, condition) for _ in range(config.blocks))
@@ -73,7 +74,7 @@ class ObjectEncoder(nn.Module):
         pooled = torch.bmm(x.flatten(2), attention[:, :, None])[:, :, 0]  # (N, C)
         size = MIN_SIZE + F.softplus(self.size_head(pooled)[:, 0] - 2.0)
         gestalt = torch.sigmoid(self.gestalt_head(pooled))
-        if self.training:
+        if self.training and self.binarise:
             # Loci's binarising noise: codes near 0.5 are noisy, codes near 0 or 1 are not
             gestalt = gestalt + gestalt * (1 - gestalt) * torch.randn_like(gestalt)
         position = torch.stack([position_x, position_y, size, priority], dim=-1)

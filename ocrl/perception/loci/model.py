@@ -179,7 +179,10 @@ class LociModel(nn.Module):
         return images, self.compose(images, slots.occupancy, background)
 
     def compose(self, images: SlotImages, occupancy: torch.Tensor, background: BackgroundOutput) -> Composition:
-        return compose(images, occupancy, background.rgb, background.depth, self.config.composition_temperature)
+        foreground = background.foreground if self.config.composition == "uncertainty" else None
+        return compose(
+            images, occupancy, background.rgb, background.depth, self.config.composition_temperature, foreground
+        )
 
     def _nothing_decoded(self, batch: int, background: BackgroundOutput) -> tuple[SlotImages, Composition]:
         """What :meth:`decode` gives for slots that are all unoccupied, without decoding."""
@@ -197,8 +200,7 @@ class LociModel(nn.Module):
     ) -> tuple[LociSlots, torch.Tensor]:
         """Place unoccupied slots at random positions in the unexplained foreground (Sec. 3.6).
 
-        The residual ``foreground * background_weight`` (foreground that the slots leave to the
-        background) is thresholded at 1/2 and sampled uniformly, one slot after another; after
+        The residual ``foreground * uncovered`` (foreground that no slot's object mask reaches) is thresholded at 1/2 and sampled uniformly, one slot after another; after
         each sample the connected part of the residual around it (up to ``resolution / 4``
         pixels away) is removed, so that one pass does not put two slots on one object; a part
         smaller than ``assignment.min_foreground`` of the image gets no slot. Objects that touch
@@ -208,7 +210,7 @@ class LociModel(nn.Module):
         """
         settings = self.config.assignment
         size = self.resolution
-        residual = (foreground[:, 0].detach() * composition.background.detach() > 0.5).float()
+        residual = (foreground[:, 0].detach() * composition.uncovered.detach() > 0.5).float()
         minimum = settings.min_foreground * size * size
         x, y = pixel_coordinates(size, size, residual.device)
         occupancy, position = slots.occupancy.clone(), slots.position.clone()
@@ -255,20 +257,30 @@ class LociModel(nn.Module):
         foreground: torch.Tensor,
         checked: torch.Tensor,
         regularise: bool,
+        fresh: torch.Tensor | None = None,
+        unexplained: torch.Tensor | None = None,
     ) -> LociSlots:
         """Nullify slots that hold no foreground, and (``regularise``) duplicates.
 
         A ``checked`` slot (B, K) bool is kept when its visible mask covers at least a quarter of
         ``assignment.min_foreground`` of the image and ``assignment.keep_overlap`` of it lies on
-        the foreground. Any slot whose object mask has vanished is dropped. Regularised initial
-        slots: two slots closer than ``similar_distance`` whose Gestalt codes correlate above
-        ``similar_correlation`` hold one object; the one with less visible mass is nullified.
+        ``foreground`` (B, 1, H, W) or, for a slot seeded in this pass (``fresh``), on
+        ``unexplained`` (the foreground the other slots left): a new slot must take on something
+        new. Any slot whose object mask has vanished is dropped. Regularised slots (the paper's
+        regularised initial slots, here applied in every pass): two slots hold one object when
+        they are closer than ``similar_distance`` and their Gestalt codes correlate above
+        ``similar_correlation``, or when their object masks overlap with an IoU above 1/2 (two
+        seeds in one object both decode the whole object); the one with less visible mass is
+        nullified.
         """
         settings = self.config.assignment
         weights = composition.weights.detach()
         pixels = float(self.resolution**2)
         mass = weights.sum(dim=(-2, -1))
         on_foreground = (weights * foreground.detach()).sum(dim=(-2, -1)) / mass.clamp_min(1e-6)
+        if fresh is not None and unexplained is not None:
+            on_new = (weights * unexplained.detach()).sum(dim=(-2, -1)) / mass.clamp_min(1e-6)
+            on_foreground = torch.where(fresh, on_new, on_foreground)
         holds = (mass > settings.min_foreground * pixels / 4) & (on_foreground > settings.keep_overlap)
         alive = torch.sigmoid(images.mask_logits.detach()).sum(dim=(-2, -1)) > 1.0
         keep = (slots.occupancy > 0) & alive & (holds | ~checked)
@@ -278,7 +290,12 @@ class LociModel(nn.Module):
             correlation = centred @ centred.transpose(1, 2)
             distance = torch.cdist(slots.position[..., :2].detach(), slots.position[..., :2].detach())
             both = keep[:, :, None] & keep[:, None, :]
-            similar = both & (distance < settings.similar_distance) & (correlation > settings.similar_correlation)
+            masks = torch.sigmoid(images.mask_logits.detach()).flatten(2)
+            overlap = masks @ masks.transpose(1, 2)
+            areas = masks.sum(dim=-1)
+            mask_iou = overlap / (areas[:, :, None] + areas[:, None, :] - overlap).clamp_min(1e-6)
+            alike = (distance < settings.similar_distance) & (correlation > settings.similar_correlation)
+            similar = both & (alike | (mask_iou > 0.5))
             order = torch.arange(self.num_slots, device=mass.device)
             # j beats k when it has more visible mass (ties: the lower index)
             beats = (mass[:, :, None] > mass[:, None, :]) | (
@@ -350,8 +367,9 @@ class LociModel(nn.Module):
         )
         images, composition = self.decode(fused, background)
         checked = torch.ones_like(fresh) if check_all else fresh
-        regularise = check_all and self.config.assignment.kind == "regularised"
-        kept = self.prune(fused, images, composition, background.foreground, checked, regularise)
+        regularise = self.config.assignment.kind == "regularised"
+        unexplained = background.foreground * prior_composition.uncovered[:, None]
+        kept = self.prune(fused, images, composition, background.foreground, checked, regularise, fresh, unexplained)
         if not torch.equal(kept.occupancy, fused.occupancy):
             composition = self.compose(images, kept.occupancy, background)
         return Pass(kept, images, composition, prior_composition, alpha, fresh)
@@ -444,6 +462,7 @@ class LociModel(nn.Module):
         background_weight = torch.zeros_like(weights[:, 0])
         rgb = torch.zeros_like(frames)
         depth = torch.zeros_like(background_weight)
+        uncovered = torch.zeros_like(background_weight)
         codes_parts = []
         for members, passes in groups:
             if not bool(members.any()):
@@ -466,9 +485,10 @@ class LociModel(nn.Module):
             background_weight = background_weight.index_copy(0, index, last.composition.background)
             rgb = rgb.index_copy(0, index, last.composition.rgb)
             depth = depth.index_copy(0, index, last.composition.depth)
+            uncovered = uncovered.index_copy(0, index, last.composition.uncovered)
             codes_parts.append((index, self._codes(last, return_masks)))
         codes = _merge_codes(codes_parts, state.batch_size)
-        composition = Composition(weights, background_weight, rgb, depth)
+        composition = Composition(weights, background_weight, rgb, depth, uncovered)
         return codes, LociState(prior, posterior, hidden, torch.ones_like(state.started), composition)
 
     def render(self, state: LociState) -> LociRendering:

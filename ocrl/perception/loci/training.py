@@ -45,9 +45,9 @@ class LociTrainingConfig:
     start of each stage.
     """
 
-    background_steps: int = 1_000
-    object_steps: int = 1_000
-    full_steps: int = 200
+    background_steps: int = 800
+    object_steps: int = 700
+    full_steps: int = 150
     background_batch_size: int = 16
     object_batch_size: int = 8
     full_batch_size: int = 4
