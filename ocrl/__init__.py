@@ -34,7 +34,7 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
     path is not a checkpoint, its config does not match its weights, or a name is neither a
     path nor shipped (the message lists the shipped names).
     """
-    from ocrl.checkpoint import CheckpointError, read_checkpoint_config
+    from ocrl.checkpoint import PERCEPTION_KINDS, CheckpointError, read_checkpoint_config
 
     path = Path(name_or_path)
     if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
@@ -45,7 +45,7 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
             f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})"
         )
     _, header = read_checkpoint_config(path)
-    if header["model_kind"] != "video_slot_model":
+    if header["model_kind"] not in PERCEPTION_KINDS:
         raise CheckpointError(
             f"{path} holds a {header['model_kind']} checkpoint, not a perception model (ocrl.load loads any kind)"
         )

@@ -78,6 +78,8 @@ class ModelKind:
         return f"{type(config).__module__}:{type(config).__qualname__}" == self.config
 
 
+# The kinds of perception model (``ocrl.load_perception`` loads these).
+PERCEPTION_KINDS = ("video_slot_model", "loci_model")
 # The checkpoint kinds of ocrl: the kind a config.json names picks its row. The modules are our
 # own, imported lazily (so that core ocrl does not import agents or world models, and loading
 # never depends on what happened to be imported before); nothing a file says is ever imported.
@@ -87,6 +89,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         ModelKind(
             "video_slot_model", "ocrl.perception.config:PerceptionConfig", "ocrl.perception.build:build_perception"
         ),
+        ModelKind("loci_model", "ocrl.perception.loci.config:LociConfig", "ocrl.perception.loci.build:build_loci"),
         ModelKind(
             "slot_world_model", "ocrl.world_models.model:WorldModelConfig", "ocrl.world_models.model:build_world_model"
         ),

@@ -170,8 +170,8 @@ def add_pretrain(subparsers) -> None:
     parser.add_argument(
         "--model",
         default="smoothsa",
-        choices=["slot_attention", "tf_inv", "smoothsa"],
-        help="model family (default smoothsa)",
+        choices=["slot_attention", "tf_inv", "smoothsa", "loci"],
+        help="model family (default smoothsa); loci: Loci-Segmented, trained in stages (background, objects, full)",
     )
     parser.add_argument(
         "--config",
@@ -190,10 +190,19 @@ def add_pretrain(subparsers) -> None:
     parser.add_argument("--slots", type=_positive_int, help="slots per frame (default from --config)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--tensorboard", type=Path, help="write TensorBoard logs to this directory")
+    parser.add_argument(
+        "--foreground",
+        choices=["masks", "median"],
+        help="loci: what its uncertainty network learns: ground-truth masks (default) or, without labels, the difference to the stores' median frame",
+    )
     parser.set_defaults(run=run_pretrain, parser=parser)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    if args.model == "loci":
+        return _run_pretrain_loci(args)
+    if args.foreground is not None:
+        raise OcrlError("--foreground is for --model loci")
     from ocrl.training import pretrain
 
     pretrain(
@@ -207,6 +216,25 @@ def run_pretrain(args: argparse.Namespace) -> int:
         device=args.device,
         tensorboard=args.tensorboard,
         conditional=args.conditional,
+    )
+    return 0
+
+
+def _run_pretrain_loci(args: argparse.Namespace) -> int:
+    from ocrl.perception.loci.training import pretrain_loci
+
+    if args.conditional:
+        raise OcrlError("--conditional is not for --model loci: Loci-s assigns its slots without ground truth")
+    if args.steps is not None or args.batch_size is not None:
+        raise OcrlError("--steps and --batch-size are per stage for --model loci; use a --config preset")
+    pretrain_loci(
+        args.data,
+        args.out,
+        preset=args.config,
+        num_slots=args.slots,
+        device=args.device,
+        tensorboard=args.tensorboard,
+        foreground_target=args.foreground,
     )
     return 0
 

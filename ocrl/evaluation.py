@@ -35,17 +35,24 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
 
     frames: uint8 (B, T, H, W, 3); conditions: (B, K, 4) for a conditional initializer (first
     frame only). Returns ``masks`` (B, T, K, R, R), ``reconstructions``
-    (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``.
+    (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``. A model
+    with a background module that is not a slot (Loci-s) adds its background mask as one more
+    segment: ``masks`` (B, T, K + 1, R, R), the background last, so that every pixel belongs to
+    a segment as with slot-attention models, whose background is shared among the slots.
     """
     batch, length = frames.shape[:2]
 
     def step(state, t: int):
         inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
         _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
-        decoded = model.decode(state.slots)  # once, for both masks and reconstruction
+        rendered = model.render(state)  # once, for both masks and reconstruction
+        masks = rendered.masks
+        background = getattr(rendered, "background_mask", None)
+        if background is not None:
+            masks = torch.cat([masks, background[:, None]], dim=1)
         output = {
-            "masks": decoded.masks.float().cpu(),
-            "reconstructions": decoded.reconstruction.float().clamp(0, 1).cpu(),
+            "masks": masks.float().cpu(),
+            "reconstructions": rendered.reconstruction.float().clamp(0, 1).cpu(),
             "slots": state.slots.float().cpu(),
         }
         return output, state
@@ -75,7 +82,7 @@ def evaluate_perception(
     chosen = [i for i, record in enumerate(store.episodes) if record.length + 1 >= num_frames][:max_episodes]
     if not chosen:
         raise OcrlError(f"no episode in {store.path} has {num_frames} frames; pass a smaller --frames")
-    conditional = isinstance(model.initializer, ConditionalQueries)
+    conditional = isinstance(getattr(model, "initializer", None), ConditionalQueries)
     model.eval()
     scores: dict[str, list[torch.Tensor]] = {"fg_ari": [], "fg_ari_frame": [], "miou": [], "mbo": []}
     started = time.perf_counter()

@@ -112,6 +112,7 @@ def fit(
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
     description: str = "train",
+    schedule: Callable[[int], float] | None = None,
 ) -> int:
     """Train ``model`` to ``training.steps`` steps, checkpointing into ``out``; returns the last step.
 
@@ -123,6 +124,8 @@ def fit(
         state: trainer state to resume from (:func:`resume_or_build`'s), ``{}`` for a new run.
         training_record: JSON-able dict stored as the checkpoint's training config.
         gradient_groups: parameter groups clipped separately (default: all parameters together).
+        schedule: ``step -> learning-rate factor`` (default :func:`learning_rate_factor`: warmup,
+            then cosine decay over the whole run); staged training gives one per stage.
     """
     state = state or {}
     step = int(state.get("step", 0))
@@ -140,7 +143,7 @@ def fit(
     history: list[float] = list(state.get("loss_history", []))
     last_terms: dict[str, float] = {}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda index: learning_rate_factor(index, training), last_epoch=step - 1
+        optimizer, schedule or (lambda index: learning_rate_factor(index, training)), last_epoch=step - 1
     )
     forward = torch.nn.parallel.DistributedDataParallel(model) if process.world_size > 1 else model
     groups = gradient_groups or [list(model.parameters())]

@@ -160,6 +160,9 @@ class _OracleModel(torch.nn.Module):
         masks = torch.nn.functional.one_hot(ids, self.num_slots).permute(0, 3, 1, 2).float()
         return None, types.SimpleNamespace(slots=masks)
 
+    def render(self, state):
+        return self.decode(state.slots)
+
     def decode(self, slots):
         return types.SimpleNamespace(
             masks=slots, reconstruction=torch.zeros(len(slots), 3, self.resolution, self.resolution)

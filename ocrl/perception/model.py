@@ -63,8 +63,9 @@ class ClipOutput:
     loss: torch.Tensor | None = None
 
 
-def _first_mask(is_first: Any, state: PerceptionState) -> torch.Tensor:
-    """(B,) CPU bool: which streams start an episode (asked, or never started)."""
+def episode_starts(is_first: Any, state: Any) -> torch.Tensor:
+    """(B,) CPU bool: which streams start an episode (asked, or never started); ``state`` has
+    ``batch_size`` and ``started`` (B,) bool, as every perception model's state does."""
     batch = state.batch_size
     if is_first is None:
         first = torch.zeros(batch, dtype=torch.bool)
@@ -216,7 +217,7 @@ class VideoSlotModel(nn.Module):
         frames = prepare_frames(frames, self.resolution, self.device)
         if frames.shape[0] != state.batch_size:
             raise ValueError(f"got {frames.shape[0]} frames for a state of {state.batch_size} streams")
-        first = _first_mask(is_first, state)
+        first = episode_starts(is_first, state)
         if conditions is not None:
             conditions = torch.as_tensor(conditions, device=self.device)
         features = self.encoder(frames)
@@ -260,6 +261,11 @@ class VideoSlotModel(nn.Module):
     def decode(self, slots: torch.Tensor) -> DecoderOutput:
         """slots (B, K, D) -> :class:`DecoderOutput`."""
         return self.decoder(slots)
+
+    def render(self, state: PerceptionState) -> DecoderOutput:
+        """The last frame's masks (B, K, H, W) and reconstruction (B, 3, H, W), decoded from the
+        state's slots (every perception model has ``render``; evaluation and pictures use it)."""
+        return self.decoder(state.slots)
 
     def forward(
         self, clip: Any, depth: torch.Tensor | None = None, conditions: torch.Tensor | None = None

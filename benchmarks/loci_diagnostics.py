@@ -1,0 +1,159 @@
+"""Where Loci-s fails, part by part, on held-out episodes with ground-truth masks.
+
+    .venv/bin/python benchmarks/loci_diagnostics.py CHECKPOINT --data data/goal-test [--episodes 20]
+
+Prints JSON with, over the first ``--frames`` frames of each episode:
+
+- ``background``: the uncertainty network's foreground (> 1/2) against the ground truth
+  (masks > 0): pixel IoU, precision, recall;
+- ``objects_seeded_from_truth``: the encoder and decoder alone, each object's slot placed at
+  its ground-truth centre (as in single-object pretraining, unperturbed), slots composed with
+  the background: mean IoU of each slot's visible mask with its object (the assignment is given,
+  so this is the best the encoder/decoder can do);
+- ``assignment``: online ``step`` (no ground truth): occupied slots minus visible objects per
+  frame (mean, and the fraction of frames where they are equal), and video FG-ARI / mIoU as
+  ``ocrl eval-perception`` computes them;
+- ``step_frames_per_second``: ``step`` on later frames, batch 8, no masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import ocrl
+from ocrl.data.store import RolloutStore
+from ocrl.evaluation import evaluate_perception
+from ocrl.perception.frames import prepare_frames
+from ocrl.perception.loci.model import SEED_SIZE, LociSlots
+from ocrl.slots import pixel_coordinates
+
+
+def load_videos(store: RolloutStore, episodes: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = [i for i, record in enumerate(store.episodes) if record.length + 1 >= frames][:episodes]
+    video = np.stack([store.episode(i).frames(0, frames) for i in chosen])
+    masks = np.stack([store.episode(i).ground_truth(0, frames, keys=["masks"])["masks"] for i in chosen])
+    return torch.from_numpy(video), torch.from_numpy(masks).long()
+
+
+@torch.no_grad()
+def background_scores(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    frames = prepare_frames(video.flatten(0, 1), model.resolution, model.device, resize=True)
+    truth = masks.flatten(0, 1).to(model.device) > 0
+    predicted = model.background(frames).foreground[:, 0] > 0.5
+    both, either = (predicted & truth).sum().item(), (predicted | truth).sum().item()
+    return {
+        "iou": both / max(either, 1),
+        "precision": both / max(predicted.sum().item(), 1),
+        "recall": both / max(truth.sum().item(), 1),
+    }
+
+
+@torch.no_grad()
+def seeded_from_truth(model, video: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean IoU of each ground-truth object with the visible mask of a slot seeded at its centre."""
+    frames = prepare_frames(video.flatten(0, 1), model.resolution, model.device, resize=True)
+    truth = masks.flatten(0, 1).to(model.device)
+    size, slots = model.resolution, model.num_slots
+    x, y = pixel_coordinates(size, size, model.device)
+    background = model.background(frames)
+    ious = []
+    for start in range(0, frames.shape[0], 16):
+        part = slice(start, start + 16)
+        ids = truth[part]
+        count = int(ids.max())
+        one_hot = F.one_hot(ids, count + 1)[..., 1:].permute(0, 3, 1, 2).float()[:, :slots]
+        area = one_hot.sum(dim=(-2, -1))
+        present = area >= 4
+        centre_x = (one_hot.sum(-2) * x).sum(-1) / area.clamp_min(1)
+        centre_y = (one_hot.sum(-1) * y).sum(-1) / area.clamp_min(1)
+        batch, held = one_hot.shape[:2]
+        position = torch.zeros(batch, slots, 4, device=model.device)
+        position[..., 2] = SEED_SIZE
+        position[:, :held, 0], position[:, :held, 1] = centre_x, centre_y
+        occupancy = torch.zeros(batch, slots, device=model.device)
+        occupancy[:, :held] = present.float()
+        seeded = LociSlots(torch.zeros(batch, slots, model.slot_dim, device=model.device), position, occupancy)
+        part_background = type(background)(
+            *(getattr(background, name)[part] for name in background.__dataclass_fields__)
+        )
+        nothing, composition = model._nothing_decoded(batch, part_background)
+        fresh = occupancy > 0
+        inputs = model.encoder_inputs(frames[part], part_background, seeded, nothing, composition, fresh)
+        gestalt, encoded = model.encoder(*inputs, seeded.gestalt)
+        slots_now = LociSlots(gestalt * occupancy[..., None], encoded, occupancy)
+        _, composed = model.decode(slots_now, part_background)
+        predicted = composed.weights[:, :held] > 0.5
+        target = one_hot > 0.5
+        intersection = (predicted & target).sum(dim=(-2, -1)).float()
+        union = (predicted | target).sum(dim=(-2, -1)).float()
+        ious.append((intersection / union.clamp_min(1))[present])
+    return float(torch.cat(ious).mean())
+
+
+@torch.no_grad()
+def assignment_counts(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    state = model.init_state(video.shape[0])
+    differences = []
+    for t in range(video.shape[1]):
+        codes, state = model.step(prepare_frames(video[:, t], model.resolution, "cpu", resize=True), state, t == 0)
+        occupied = (state.posterior.occupancy > 0).sum(dim=1).cpu()
+        ids = masks[:, t]
+        visible = torch.stack([(torch.bincount(frame.flatten(), minlength=64)[1:] >= 4).sum() for frame in ids])
+        differences.append(occupied - visible)
+    differences = torch.stack(differences).float()
+    return {
+        "occupied_minus_visible": float(differences.mean()),
+        "equal_fraction": float((differences == 0).float().mean()),
+    }
+
+
+def step_rate(model, batch_size: int = 8, repeats: int = 20) -> float:
+    frames = torch.randint(0, 256, (batch_size, model.resolution, model.resolution, 3), dtype=torch.uint8)
+    _, state = model.step(frames, model.init_state(batch_size), True)
+    times = []
+    for _ in range(repeats + 3):
+        start = time.perf_counter()
+        _, state = model.step(frames, state, False)
+        times.append(time.perf_counter() - start)
+    return batch_size / sorted(times[3:])[repeats // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--speed", action="store_true", help="also measure step frames/s")
+    args = parser.parse_args()
+    model = ocrl.load_perception(args.checkpoint, device="cpu")
+    store = RolloutStore.open(args.data)
+    video, masks = load_videos(store, args.episodes, args.frames)
+    result = {
+        "checkpoint": args.checkpoint,
+        "data": args.data,
+        "videos": int(video.shape[0]),
+        "background": background_scores(model, video, masks),
+        "objects_seeded_from_truth_iou": seeded_from_truth(model, video, masks),
+        "assignment": assignment_counts(model, video, masks),
+        "eval_perception": {
+            key: value
+            for key, value in evaluate_perception(
+                model, store, num_frames=args.frames, max_episodes=args.episodes, progress=False
+            ).items()
+            if key in ("fg_ari", "fg_ari_frame", "miou", "mbo", "videos")
+        },
+    }
+    if args.speed:
+        result["step_frames_per_second"] = step_rate(model)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

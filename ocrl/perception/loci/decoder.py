@@ -1,0 +1,185 @@
+"""The cascaded decoder of Loci-s (paper Sec. 3.3, Fig. 3, Table 6) and the depth-priority
+composition of slots with the background.
+
+Each slot is decoded on its own: the **mask decoder** turns the mask Gestalt code, modulated by
+a Gaussian at the slot's position, into the slot's unoccluded object mask; the **depth
+decoder** turns the depth Gestalt code, multiplied by the (max-pooled) mask, into a depth map
+around the slot's priority; the **RGB decoder** does the same with the RGB Gestalt code and
+also sees the depth. Each decoder works on a grid (resolution / patch) and finishes with a
+per-pixel head at full resolution that sees the upsampled grid features and the coordinates
+relative to the slot, so edges are not blocky.
+
+:func:`compose` puts the slots and the background together by depth priority.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ocrl.perception.loci.config import LociDecoderConfig
+from ocrl.perception.loci.layers import ConvNeXtBlock, gaussian_maps, relative_coordinates
+
+# logit standing in for "no mask at all" for unoccupied slots (finite, so a softmax over
+# all-unoccupied slots stays defined)
+EMPTY_LOGIT = -1e4
+
+
+@dataclass
+class SlotImages:
+    """Per-slot decodings: mask_logits (B, K, H, W) of the unoccluded object mask, depth
+    (B, K, H, W) relative (near 0, far 1), rgb (B, K, 3, H, W) in [0, 1]."""
+
+    mask_logits: torch.Tensor
+    depth: torch.Tensor
+    rgb: torch.Tensor
+
+
+@dataclass
+class Composition:
+    """Slots composed with the background: weights (B, K, H, W) each slot's visible mask,
+    background (B, H, W) the background's; they sum to 1 at every pixel. rgb (B, 3, H, W) and
+    depth (B, H, W) the composed frame and depth map. uncovered (B, H, W): where no slot's own
+    object mask reaches, ``prod_k (1 - m_k)`` (what slot assignment looks for new objects in)."""
+
+    weights: torch.Tensor
+    background: torch.Tensor
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    uncovered: torch.Tensor
+
+
+def compose(
+    images: SlotImages,
+    occupancy: torch.Tensor,
+    background_rgb: torch.Tensor,
+    background_depth: torch.Tensor,
+    temperature: float,
+    foreground: torch.Tensor | None = None,
+) -> Composition:
+    """Depth-priority composition of K slots over the background.
+
+    occupancy (B, K) in {0, 1}; background_rgb (B, 3, H, W); background_depth (B, 1, H, W).
+    A pixel is background with the probability that no slot's object mask covers it,
+    ``prod_k (1 - m_k)``, or, given ``foreground`` (B, 1, H, W) (the uncertainty map), with
+    ``1 - foreground`` where any slot is occupied. The rest is shared among the slots by a
+    softmax of ``log m_k - d_k / temperature``, so where masks overlap the nearest slot wins
+    (exactly, as the temperature goes to 0) and the weights of slots and background sum to 1.
+    Unoccupied slots get no weight. Computed in float32 from log-sigmoids (stable for large logits).
+    """
+    empty = (occupancy <= 0)[..., None, None]
+    logits = images.mask_logits.float()
+    log_mask = F.logsigmoid(logits).masked_fill(empty, EMPTY_LOGIT)
+    log_free = F.logsigmoid(-logits).masked_fill(empty, 0.0)
+    log_background = log_free.sum(dim=1)
+    share = torch.softmax(log_mask - images.depth.float() / temperature, dim=1)
+    if foreground is None:
+        weights = share * (-torch.expm1(log_background))[:, None]
+    else:
+        # all-unoccupied: the softmax is uniform over the empty slots; they get nothing
+        weights = share * (~empty).float() * foreground.float()
+    background = 1 - weights.sum(dim=1)
+    rgb = (weights[:, :, None] * images.rgb.float()).sum(dim=1) + background[:, None] * background_rgb.float()
+    depth = (weights * images.depth.float()).sum(dim=1) + background * background_depth[:, 0].float()
+    return Composition(weights, background, rgb, depth, log_background.exp())
+
+
+class PixelHead(nn.Module):
+    """Grid features (N, C, g, g) + full-resolution extras (N, E, H, W) -> (N, out, H, W):
+    1x1 to ``head`` channels, bilinear upsampling, then a per-pixel MLP on [features, extras]."""
+
+    def __init__(self, channels: int, head: int, extra: int, out: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, head, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(head + extra, head, 1), nn.SiLU(), nn.Conv2d(head, out, 1))
+
+    def forward(self, grid: torch.Tensor, extras: torch.Tensor) -> torch.Tensor:
+        features = F.interpolate(self.reduce(grid), size=extras.shape[-2:], mode="bilinear", align_corners=False)
+        return self.mlp(torch.cat([features, extras], dim=1))
+
+
+class MaskDecoder(nn.Module):
+    """(mask gestalt (N, G), position (N, 4)) -> object-mask logits (N, 1, H, W)."""
+
+    def __init__(self, config: LociDecoderConfig, resolution: int, gestalt_dim: int):
+        super().__init__()
+        channels = config.channels
+        self.resolution, self.grid = resolution, resolution // config.patch_size
+        self.embed = nn.Linear(gestalt_dim, channels)
+        self.net = nn.Sequential(
+            nn.Conv2d(channels + 3, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+        )
+        self.head = PixelHead(channels, config.head_channels, 2, 1)
+
+    def forward(self, gestalt: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        gaussian = gaussian_maps(position, self.grid)[:, None]
+        grid = torch.cat(
+            [self.embed(gestalt)[:, :, None, None] * gaussian, relative_coordinates(position, self.grid), gaussian],
+            dim=1,
+        )
+        return self.head(self.net(grid), relative_coordinates(position, self.resolution))
+
+
+class MaskedGestaltDecoder(nn.Module):
+    """The depth and RGB decoders: a Gestalt code times the max-pooled mask, the mask and the
+    earlier outputs (depth, for RGB) encoded by a strided convolution, and the relative
+    coordinates, through ConvNeXt blocks on the grid, then a per-pixel head that also sees the
+    mask and earlier outputs at half resolution: (gestalt (N, G), position (N, 4), maps
+    (N, M, H, W)) -> (N, out, H, W), upsampled bilinearly from half resolution. Depth and RGB need
+    no sharper edges than that: the composition takes its edges from the full-resolution masks.
+    """
+
+    def __init__(self, config: LociDecoderConfig, resolution: int, gestalt_dim: int, maps: int, out: int):
+        super().__init__()
+        channels, patch = config.channels, config.patch_size
+        self.resolution, self.grid, self.patch = resolution, resolution // patch, patch
+        self.embed = nn.Linear(gestalt_dim, channels)
+        self.encode_maps = nn.Sequential(nn.Conv2d(maps, channels // 2, patch, stride=patch), nn.SiLU())
+        self.mix = nn.Conv2d(channels + channels // 2 + 2, channels, 1)
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(channels, 5) for _ in range(config.blocks)))
+        self.head = PixelHead(channels, config.head_channels, maps + 2, out)
+
+    def forward(self, gestalt: torch.Tensor, position: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        pooled_mask = F.max_pool2d(maps[:, :1], self.patch) if self.patch > 1 else maps[:, :1]
+        grid = torch.cat(
+            [
+                self.embed(gestalt)[:, :, None, None] * pooled_mask,
+                self.encode_maps(maps),
+                relative_coordinates(position, self.grid),
+            ],
+            dim=1,
+        )
+        features = self.blocks(self.mix(grid))
+        half = self.resolution // 2
+        extras = torch.cat([F.avg_pool2d(maps, 2), relative_coordinates(position, half)], dim=1)
+        return F.interpolate(self.head(features, extras), size=maps.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class CascadedDecoder(nn.Module):
+    """(gestalt (B, K, 3 G), position (B, K, 4)) -> :class:`SlotImages`: mask, then depth given
+    the mask, then RGB given both. A slot's depth is ``sigmoid(priority + offset(x))``: its
+    priority sets how far it is, the depth decoder its relief."""
+
+    def __init__(self, config: LociDecoderConfig, resolution: int, gestalt_dim: int):
+        super().__init__()
+        self.gestalt_dim = gestalt_dim
+        self.mask = MaskDecoder(config, resolution, gestalt_dim)
+        self.depth = MaskedGestaltDecoder(config, resolution, gestalt_dim, maps=1, out=1)
+        self.rgb = MaskedGestaltDecoder(config, resolution, gestalt_dim, maps=2, out=3)
+
+    def forward(self, gestalt: torch.Tensor, position: torch.Tensor) -> SlotImages:
+        batch, slots = gestalt.shape[:2]
+        gestalt, position = gestalt.flatten(0, 1), position.flatten(0, 1)
+        mask_gestalt, depth_gestalt, rgb_gestalt = gestalt.split(self.gestalt_dim, dim=-1)
+        mask_logits = self.mask(mask_gestalt, position)
+        mask = torch.sigmoid(mask_logits)
+        depth = torch.sigmoid(position[:, 3, None, None, None] + self.depth(depth_gestalt, position, mask))
+        rgb = torch.sigmoid(self.rgb(rgb_gestalt, position, torch.cat([mask, depth], dim=1)))
+        unflatten = lambda tensor: tensor.unflatten(0, (batch, slots))
+        return SlotImages(unflatten(mask_logits[:, 0]), unflatten(depth[:, 0]), unflatten(rgb))

@@ -1,0 +1,244 @@
+"""Loci-Segmented: the perception contract, composition, slot assignment, staged training, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import ocrl
+from ocrl.checkpoint import load_trainer_state, save_checkpoint
+from ocrl.data.collect import collect
+from ocrl.evaluation import evaluate_perception
+from ocrl.perception.loci import SlotImages, build_loci, compose, loci_config
+from ocrl.perception.loci.background import BackgroundOutput
+from ocrl.perception.loci.training import LociTrainingConfig, pretrain_loci
+from ocrl.slots import SlotCodes
+
+
+def tiny_loci_config(num_slots: int = 3):
+    """The quick preset at 32x32, shrunk to a few tens of thousands of parameters."""
+    config = loci_config("quick", resolution=32, num_slots=num_slots)
+    config.gestalt_dim = 8
+    config.background.channels = [4, 8, 8]
+    config.background.embed_dim, config.background.num_heads, config.background.num_layers = 16, 2, 1
+    config.encoder.channels, config.encoder.kernel_size = 8, 3
+    config.decoder.channels, config.decoder.head_channels = 8, 8
+    config.transition.hidden_dim, config.transition.num_heads = 16, 2
+    config.assignment.warmup_eval = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_loci(tiny_loci_config()).eval()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "moving"
+    return collect("ocrl/MovingObjects-v0", 2, path, env_kwargs={"resolution": 32}, num_envs=2, progress=False)
+
+
+def frames(batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(batch, 32, 32, 3), dtype=np.uint8)
+
+
+def test_step_fills_slot_codes_with_contract_shapes(model):
+    state = model.init_state(2)
+    for first in (True, [False, True], False):
+        codes, state = model.step(frames(), state, is_first=first, return_masks=True)
+        assert isinstance(codes, SlotCodes)
+        assert codes.slots.shape == (2, 3, 24) and codes.slots.dtype == torch.float32
+        assert codes.position.shape == (2, 3, 4) and codes.presence.shape == (2, 3)
+        assert codes.masks.shape == (2, 3, 32, 32) and codes.depth_map is None  # never trained with depth
+        assert bool(((codes.presence >= 0) & (codes.presence <= 1)).all())
+        rendering = model.render(state)
+        total = rendering.masks.sum(dim=1) + rendering.background_mask
+        assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    codes, _ = model.step(frames(), state)
+    assert codes.masks is None
+
+
+def test_unoccupied_slots_report_nothing(model):
+    # a frame the background module calls all background: no slot is seeded
+    state = model.init_state(1)
+    background = BackgroundOutput(
+        torch.full((1, 1, 32, 32), -9.0), torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
+    )
+    empty = model.empty_slots(1)
+    images, composition = model._nothing_decoded(1, background)
+    seeded, fresh = model.seed(empty, composition, background.foreground)
+    assert not bool(fresh.any()) and not bool((seeded.occupancy > 0).any())
+    codes, _ = model.step(np.zeros((1, 32, 32, 3), np.uint8), state)
+    assert codes.presence.shape == (1, 3)
+
+
+def test_seeding_places_one_slot_per_foreground_blob(model):
+    foreground = torch.zeros(1, 1, 32, 32)
+    foreground[..., 2:8, 2:8] = 1.0
+    foreground[..., 22:30, 20:28] = 1.0
+    background = BackgroundOutput(foreground * 9, foreground, torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
+    _, composition = model._nothing_decoded(1, background)
+    model.init_state(1)
+    seeded, fresh = model.seed(model.empty_slots(1), composition, foreground)
+    assert int(fresh.sum()) == 2  # a seeded blob is removed from the residual: one slot each
+    pixels = ((seeded.position[0, fresh[0], :2] + 1) * 16 - 0.5).round().long()
+    for x, y in pixels.tolist():
+        assert foreground[0, 0, y, x] == 1.0
+
+
+def test_composition_sums_to_one_and_the_nearest_slot_wins():
+    torch.manual_seed(0)
+    batch, slots, size = 2, 4, 8
+    logits = torch.randn(batch, slots, size, size) * 5
+    depth = torch.rand(batch, slots, size, size)
+    images = SlotImages(logits, depth, torch.rand(batch, slots, 3, size, size))
+    occupancy = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    result = compose(images, occupancy, torch.rand(batch, 3, size, size), torch.ones(batch, 1, size, size), 0.05)
+    total = result.weights.sum(dim=1) + result.background
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    assert float(result.weights[0, 2].abs().max()) == 0.0 and float(result.weights[1].abs().max()) == 0.0
+    # two full masks at one pixel: the nearer takes almost all of it
+    images = SlotImages(
+        torch.full((1, 2, 1, 1), 20.0), torch.tensor([0.2, 0.6]).view(1, 2, 1, 1), torch.rand(1, 2, 3, 1, 1)
+    )
+    near = compose(images, torch.ones(1, 2), torch.zeros(1, 3, 1, 1), torch.ones(1, 1, 1, 1), 0.02)
+    assert float(near.weights[0, 0]) > 0.99
+
+
+def test_composition_and_transition_are_permutation_equivariant(model):
+    torch.manual_seed(1)
+    batch, slots, size = 1, 3, 8
+    images = SlotImages(
+        torch.randn(batch, slots, size, size),
+        torch.rand(batch, slots, size, size),
+        torch.rand(batch, slots, 3, size, size),
+    )
+    occupancy = torch.ones(batch, slots)
+    order = torch.tensor([2, 0, 1])
+    background = (torch.rand(batch, 3, size, size), torch.ones(batch, 1, size, size))
+    result = compose(images, occupancy, *background, 0.05)
+    permuted = compose(
+        SlotImages(images.mask_logits[:, order], images.depth[:, order], images.rgb[:, order]),
+        occupancy,
+        *background,
+        0.05,
+    )
+    assert torch.allclose(permuted.weights, result.weights[:, order], atol=1e-6)
+    assert torch.allclose(permuted.rgb, result.rgb, atol=1e-6)
+    gestalt, position = torch.rand(1, 3, 24), torch.rand(1, 3, 4)
+    hidden = torch.rand(1, 3, 1, 16)
+    outputs = model.transition(gestalt, position, hidden)
+    swapped = model.transition(gestalt[:, order], position[:, order], hidden[:, order])
+    for whole, part in zip(outputs, swapped):
+        assert torch.allclose(part, whole[:, order], atol=1e-5)
+
+
+def test_every_stage_trains_its_own_parts():
+    torch.manual_seed(0)
+    model = build_loci(tiny_loci_config()).train()
+    video = torch.rand(2, 2, 3, 32, 32)
+    masks = torch.zeros(2, 2, 32, 32, dtype=torch.long)
+    masks[..., 4:12, 4:12], masks[..., 18:28, 16:26] = 1, 2
+    depth = torch.ones(2, 2, 32, 32)
+    depth[masks > 0] = 0.4
+    for stage, trained in (
+        ("background", {"background"}),
+        ("objects", {"encoder", "decoder"}),
+        ("full", {"encoder", "decoder", "gate", "transition"}),
+    ):
+        model.zero_grad(set_to_none=True)
+        clip = video if stage == "full" else video[:, :1]
+        output = model(clip, stage, masks=masks[:, : clip.shape[1]], depth=depth[:, : clip.shape[1]])
+        assert torch.isfinite(output.loss)
+        output.loss.backward()
+        touched = {name.split(".")[0] for name, parameter in model.named_parameters() if parameter.grad is not None}
+        assert touched <= trained and touched & trained
+    assert bool(model.depth_supervised)
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    state = model.init_state(2)
+    with pytest.raises(ValueError, match="32x32"):
+        model.step(np.zeros((2, 16, 16, 3), np.uint8), state)
+    with pytest.raises(ValueError, match="streams"):
+        model.step(frames(3), state)
+    with pytest.raises(ValueError, match="conditions"):
+        model.step(frames(), state, conditions=torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="stage"):
+        model(torch.rand(1, 1, 3, 32, 32), "everything")
+    with pytest.raises(ValueError, match="masks"):
+        model(torch.rand(1, 1, 3, 32, 32), "objects")
+    config = tiny_loci_config()
+    config.resolution = 36
+    with pytest.raises(ValueError, match="resolution"):
+        build_loci(config)
+    config = tiny_loci_config()
+    config.assignment.kind = "oracle"
+    with pytest.raises(ValueError, match="assignment"):
+        build_loci(config)
+
+
+def test_checkpoint_round_trip_gives_the_same_codes(model, tmp_path):
+    path = save_checkpoint(model, model.config, tmp_path / "loci")
+    loaded = ocrl.load_perception(path)
+    assert type(loaded).__name__ == "LociModel"
+    first, _ = model.step(frames(), model.init_state(2), return_masks=True)
+    again, _ = loaded.step(frames(), loaded.init_state(2), return_masks=True)
+    for name in ("slots", "position", "presence", "masks"):
+        assert torch.equal(getattr(first, name), getattr(again, name))
+
+
+def test_stage_learning_rates_restart_at_every_stage():
+    training = LociTrainingConfig(background_steps=10, object_steps=20, full_steps=10, warmup_steps=2)
+    factors = [training.learning_rate_factor(step) for step in range(training.steps)]
+    assert [training.stage_at(step) for step in (0, 9, 10, 29, 30)] == [
+        "background",
+        "background",
+        "objects",
+        "objects",
+        "full",
+    ]
+    assert factors[0] == factors[10] == factors[30] == 0.5 and factors[1] == factors[11] == 1.0
+    assert factors[9] < 0.2 and factors[29] < 0.2
+
+
+def test_staged_pretraining_resumes_inside_a_stage_and_evaluates(store, tmp_path):
+    out = tmp_path / "loci"
+    config = tiny_loci_config()
+    training = LociTrainingConfig(
+        background_steps=2,
+        object_steps=2,
+        full_steps=1,
+        background_batch_size=2,
+        object_batch_size=2,
+        full_batch_size=1,
+        clip_length=2,
+        checkpoint_every=1,
+        num_workers=0,
+        warmup_steps=1,
+    )
+    stopped = dataclasses.replace(training, object_steps=1, full_steps=0)
+    # a run that stopped inside the objects stage (same model config, fewer steps so far)
+    pretrain_loci(store.path, out, model_config=config, training=stopped, progress=False)
+    assert load_trainer_state(out)["step"] == 3
+    pretrain_loci(store.path, out, model_config=config, training=training, progress=False)
+    assert load_trainer_state(out)["step"] == 5
+    model = ocrl.load_perception(out)
+    scores = evaluate_perception(model, store.path, num_frames=4, progress=False)
+    assert 0.0 <= scores["miou"] <= 1.0 and scores["videos"] == 2
+
+
+def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
+    from ocrl.cli import main
+
+    base = ["pretrain", "--model", "loci", "--data", str(store.path), "--out", str(tmp_path / "loci")]
+    for extra, message in ((["--steps", "3"], "per stage"), (["--conditional"], "without ground truth")):
+        assert main([*base, *extra]) != 0
+        assert message in capsys.readouterr().err
+    assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), "--foreground", "median"]) != 0
+    assert "--model loci" in capsys.readouterr().err
