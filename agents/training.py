@@ -11,7 +11,6 @@ format is, so ``load_agent`` rebuilds the policy from the config and loads the w
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -44,8 +43,8 @@ from ocrl.checkpoint import (
     register_model_kind,
     save_checkpoint,
 )
+from ocrl.config_json import JsonConfig
 from ocrl.errors import OcrlError
-from ocrl.perception.config import dataclass_from_dict
 from ocrl.perception.frames import prepare_frames
 from ocrl.preflight import preflight
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
@@ -69,7 +68,7 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class AgentConfig:
+class AgentConfig(JsonConfig):
     """What an agent is: stored in its checkpoint's config.json.
 
     observation: ``"slots"`` (codes of the ``perception`` model, through
@@ -81,6 +80,8 @@ class AgentConfig:
     imagination: a world-model checkpoint path: train inside it (slots only), evaluate in the
         real env.
     """
+
+    config_name = "agent config"  # where a from_dict error is, not a field
 
     env_id: str = "ocrl/ObjectGoal-v0"
     algo: str = "ppo"
@@ -102,13 +103,6 @@ class AgentConfig:
             raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
         if self.imagination is not None and self.observation != "slots":
             raise ValueError(f"agents train in imagination on slot codes, not on {self.observation!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> AgentConfig:
-        return dataclass_from_dict(cls, data, "agent config")
 
 
 def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
