@@ -6,7 +6,8 @@ RSS of a wrapped vector env over many steps (it must stay flat).
     .venv/bin/python benchmarks/agent_throughput.py --memory-steps 100000
 
 Throughput counts whole PPO iterations (rollout collection and updates), after one warm-up
-iteration, as SB3 users see it.
+iteration, as SB3 users see it; the seconds spent in env steps, policy forwards and updates say
+where it goes.
 """
 
 from __future__ import annotations
@@ -22,17 +23,40 @@ from ocrl.agents import AgentConfig, make_vec_env
 from ocrl.agents.training import _algorithm
 
 
-def ppo_rate(observation: str, env_id: str, steps: int, num_envs: int) -> float:
+def ppo_rate(observation: str, env_id: str, steps: int, num_envs: int) -> dict[str, float]:
+    """Env-steps/s of whole PPO iterations, and where the time went: seconds in env steps (the
+    env and, for slot codes, the perception model), in the rest of rollout collection (policy
+    forward) and in the updates."""
     config = AgentConfig(env_id=env_id, observation=observation)
     venv = make_vec_env(config, num_envs, seed=0, device="cpu")
     algorithm = _algorithm(config, venv, device="cpu")
     warmup = algorithm.n_steps * num_envs
     algorithm.learn(warmup)
+    seconds = {"env_step": 0.0, "rollout": 0.0, "update": 0.0}
+
+    def timed(function, name):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+
+        return call
+
+    algorithm.env.step_wait = timed(algorithm.env.step_wait, "env_step")
+    algorithm.collect_rollouts = timed(algorithm.collect_rollouts, "rollout")
+    algorithm.train = timed(algorithm.train, "update")
     start = time.perf_counter()
     algorithm.learn(steps, reset_num_timesteps=False)
-    rate = (algorithm.num_timesteps - warmup) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
     venv.close()
-    return rate
+    return {
+        "env_steps_per_second": round((algorithm.num_timesteps - warmup) / elapsed, 1),
+        "seconds_env_step": round(seconds["env_step"], 1),
+        "seconds_policy_in_rollout": round(seconds["rollout"] - seconds["env_step"], 1),
+        "seconds_update": round(seconds["update"], 1),
+    }
 
 
 def rss_megabytes() -> float:
@@ -67,12 +91,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.steps:
-        rates = {
-            observation: round(ppo_rate(observation, args.env, args.steps, args.num_envs), 1)
+        runs = {
+            observation: ppo_rate(observation, args.env, args.steps, args.num_envs)
             for observation in ("slots", "pixels")
         }
-        rates["ratio_slots_to_pixels"] = round(rates["slots"] / rates["pixels"], 2)
-        print(json.dumps({"env": args.env, "num_envs": args.num_envs, "ppo_env_steps_per_second": rates}, indent=2))
+        ratio = runs["slots"]["env_steps_per_second"] / runs["pixels"]["env_steps_per_second"]
+        print(
+            json.dumps(
+                {"env": args.env, "num_envs": args.num_envs, **runs, "ratio_slots_to_pixels": round(ratio, 2)}, indent=2
+            )
+        )
     if args.memory_steps:
         trace = memory_trace(args.env, args.memory_steps, args.num_envs)
         print(

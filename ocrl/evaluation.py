@@ -29,13 +29,21 @@ from ocrl.perception.initializers import ConditionalQueries
 from ocrl.scan import scan
 
 
+def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks (..., K, R, R) upsampled bilinearly to ``size`` (the ground truth's), before any argmax."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return F.interpolate(masks.flatten(0, -4), size=tuple(size), mode="bilinear").unflatten(0, masks.shape[:-3])
+
+
 @torch.no_grad()
 def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Encode videos online, frame by frame.
 
     frames: uint8 (B, T, H, W, 3); conditions: (B, K, 4) for a conditional initializer (first
     frame only). Returns ``masks`` (B, T, K, R, R), ``reconstructions``
-    (B, T, 3, R, R) and ``slots`` (B, T, K, D) on the CPU, R = ``model.resolution``. A model
+    (B, T, 3, R, R) and the codes ``slots`` (B, T, K, D), ``position`` (B, T, K, 4) and
+    ``presence`` (B, T, K) on the CPU, R = ``model.resolution``. A model
     with a background module that is not a slot (Loci-s) adds its background mask as one more
     segment: ``masks`` (B, T, K + 1, R, R), the background last, so that every pixel belongs to
     a segment as with slot-attention models, whose background is shared among the slots.
@@ -44,7 +52,7 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
 
     def step(state, t: int):
         inputs = prepare_frames(frames[:, t], model.resolution, "cpu", resize=True)
-        _, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
+        codes, state = model.step(inputs, state, is_first=t == 0, conditions=conditions if t == 0 else None)
         rendered = model.render(state)  # once, for both masks and reconstruction
         masks = rendered.masks
         background = getattr(rendered, "background_mask", None)
@@ -53,7 +61,9 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
         output = {
             "masks": masks.float().cpu(),
             "reconstructions": rendered.reconstruction.float().clamp(0, 1).cpu(),
-            "slots": state.slots.float().cpu(),
+            "slots": codes.slots.float().cpu(),
+            "position": codes.position.float().cpu(),
+            "presence": codes.presence.float().cpu(),
         }
         return output, state
 
@@ -97,12 +107,7 @@ def evaluate_perception(
             if conditional
             else None
         )
-        masks = encode_video(model, frames, conditions)["masks"]
-        height, width = truth.shape[-2:]
-        if masks.shape[-2:] != (height, width):
-            masks = F.interpolate(masks.flatten(0, 1), size=(height, width), mode="bilinear").unflatten(
-                0, masks.shape[:2]
-            )
+        masks = resize_masks(encode_video(model, frames, conditions)["masks"], truth.shape[-2:])
         scores["fg_ari"].append(metrics.fg_ari(truth, masks, video=True))
         scores["fg_ari_frame"].append(metrics.fg_ari(truth, masks, video=False))
         scores["miou"].append(metrics.miou(truth, masks, video=True))
