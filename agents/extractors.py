@@ -31,8 +31,9 @@ import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from ocrl.names import EXTRACTOR_KINDS as KINDS
+
 TOKEN_KEYS = ("slots", "position", "presence")
-KINDS = ("relation", "transformer", "deepsets")
 
 
 class SlotSetExtractor(BaseFeaturesExtractor):

@@ -45,12 +45,12 @@ from ocrl.checkpoint import (
 )
 from ocrl.config_json import JsonConfig
 from ocrl.errors import OcrlError
+from ocrl.names import AGENT_OBSERVATIONS as OBSERVATIONS
 from ocrl.perception.frames import prepare_frames
 from ocrl.preflight import preflight
 from ocrl.wrappers import DEFAULT_KEYS, ObjectCentricVecEnv
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC, "dqn": DQN}
-OBSERVATIONS = ("slots", "pixels", "ground_truth")
 # Defaults that differ from SB3's, per algorithm (SB3's DQN defaults are tuned for Atari). PPO's
 # were tuned on the built-in tasks with the ground-truth oracle (benchmarks/RESULTS.md, issue 11):
 # short rollouts of many envs, small minibatches and a higher learning rate learn the object tasks

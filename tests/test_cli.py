@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import ocrl.data.collect
-from ocrl.cli import main
+from ocrl.cli import build_parser, main
 from ocrl.data.store import RolloutStore
 from ocrl.errors import CollectionInterrupted
 
@@ -201,3 +202,35 @@ def test_train_agent_user_errors_are_one_line(tmp_path, capsys, arguments, fragm
 def test_eval_agent_of_a_non_agent_is_one_line(tmp_path, capsys, tiny_perception):
     status, _, err = run(capsys, "eval-agent", tiny_perception)
     assert status == 2 and "not an agent" in err and err.count("\n") == 1, err
+
+
+def test_python_dash_m_ocrl_cli_help_imports_no_torch():
+    """``ocrl --help`` stays fast: building the parser reads its choices from ocrl.names, and the
+    models load only when a command runs."""
+    done = subprocess.run([sys.executable, "-m", "ocrl.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "train-world-model" in done.stdout
+    probe = "import sys; from ocrl.cli import build_parser; build_parser(); print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert "'torch'" not in done.stdout and "'stable_baselines3'" not in done.stdout
+
+
+def choices(command: str, option: str) -> list[str]:
+    """What ``ocrl COMMAND OPTION`` accepts."""
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    (action,) = [action for action in commands.choices[command]._actions if option in action.option_strings]
+    return list(action.choices)
+
+
+def test_choices_are_the_registries_keys():
+    from ocrl.agents.extractors import KINDS
+    from ocrl.agents.training import ALGORITHMS, OBSERVATIONS
+    from ocrl.perception.config import FAMILIES
+    from ocrl.perception.loci.training import LOCI_PRESETS
+    from ocrl.training import PRESETS
+
+    assert choices("pretrain", "--model") == [*FAMILIES, "loci"]
+    assert choices("pretrain", "--config") == list(PRESETS) == list(LOCI_PRESETS)
+    assert choices("train-agent", "--algo") == list(ALGORITHMS)
+    assert choices("train-agent", "--observation") == [kind.replace("_", "-") for kind in OBSERVATIONS]
+    assert choices("train-agent", "--extractor") == list(KINDS)

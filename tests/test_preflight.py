@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from ocrl.checkpoint import save_checkpoint
-from ocrl.cli import _error_message, main
+from ocrl.cli import main
+from ocrl.cli.common import error_message
 from ocrl.data.collect import collect
 from ocrl.data.store import RolloutWriter
 from ocrl.errors import CorruptFileError
@@ -214,7 +215,7 @@ def test_an_error_in_a_data_loader_worker_is_shown_as_the_original_error():
         next(iter(torch.utils.data.DataLoader(_Failing(), num_workers=1)))
     assert "Traceback" in str(raised.value)  # what torch hands over: the worker's whole traceback
     assert (
-        _error_message(raised.value)
+        error_message(raised.value)
         == "/data/store/episodes/episode-000000.npz: frame 3 of 'frames' is corrupt (in a data loader worker)"
     )
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from ocrl.config_json import JsonConfig
 from ocrl.config_json import dataclass_from_dict as dataclass_from_dict  # agents import it from here
+from ocrl.names import PERCEPTION_FAMILIES as FAMILIES
 
-FAMILIES = ("slot_attention", "tf_inv", "smoothsa")
 SIZES = ("quick", "small", "base")
 
 

@@ -1,0 +1,128 @@
+"""World-model commands: ``ocrl train-world-model`` (on codes of a frozen perception model) and
+``ocrl eval-world-model`` (open-loop error against horizon, reward accuracy)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ocrl.cli.common import (
+    add_command,
+    add_device,
+    add_json_out,
+    add_perception,
+    add_tensorboard,
+    load_perception,
+    non_negative_int,
+    perception_reference,
+    positive_int,
+    print_json,
+    user_errors,
+)
+
+
+def register(subparsers) -> None:
+    add_train_world_model(subparsers)
+    add_eval_world_model(subparsers)
+
+
+def _add_cache(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", type=Path, help="code cache directory (default DATA/codes/<perception fingerprint>)")
+
+
+def add_train_world_model(subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "train-world-model",
+        run_train_world_model,
+        help="train a slot-transformer world model on encoded rollouts",
+        description="Encode a rollout store once with a frozen perception model (codes cached on disk), then train a world model on them; rerun the same command to resume.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="rollout store from 'ocrl collect'")
+    add_perception(parser)
+    parser.add_argument(
+        "--out", required=True, type=Path, help="world-model checkpoint directory (resumed if it holds this model)"
+    )
+    parser.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
+    parser.add_argument("--batch-size", type=positive_int, help="windows per step (default 32)")
+    parser.add_argument("--history", type=positive_int, help="steps the model attends to (default 8)")
+    parser.add_argument(
+        "--rollout-steps", type=non_negative_int, help="open-loop steps of the rollout loss (default 3)"
+    )
+    _add_cache(parser)
+    parser.add_argument("--seed", default=0, type=non_negative_int, help="seed (default 0)")
+    add_device(parser)
+    add_tensorboard(parser)
+
+
+def run_train_world_model(args: argparse.Namespace) -> int:
+    from ocrl.world_models import WorldModelTrainingConfig, train_world_model
+
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "rollout_steps": args.rollout_steps}
+    training = dataclasses.replace(
+        WorldModelTrainingConfig(seed=args.seed),
+        **{key: value for key, value in overrides.items() if value is not None},
+    )
+    model_config = {} if args.history is None else {"history": args.history}
+    perception = None if args.perception is None else perception_reference(args.perception)
+    user_errors(
+        lambda: train_world_model(
+            args.data,
+            args.out,
+            perception,
+            model_config=model_config,
+            training=training,
+            cache=args.cache,
+            device=args.device,
+            tensorboard=args.tensorboard,
+        )
+    )
+    return 0
+
+
+def add_eval_world_model(subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "eval-world-model",
+        run_eval_world_model,
+        help="open-loop error against horizon, and reward accuracy, of a world model",
+        description="Score a world model on held-out rollouts against the copy-last-state baseline; prints JSON.",
+    )
+    parser.add_argument("world_model", type=Path, help="world-model checkpoint directory")
+    parser.add_argument(
+        "--data", required=True, type=Path, help="held-out rollout store (ground-truth masks give FG-ARI)"
+    )
+    parser.add_argument(
+        "--horizons", default=[1, 5, 10], type=positive_int, nargs="+", help="horizons to report (default 1 5 10)"
+    )
+    parser.add_argument("--context", default=4, type=positive_int, help="true steps before the open loop (default 4)")
+    parser.add_argument(
+        "--windows", default=256, type=positive_int, help="at most this many open-loop windows (default 256)"
+    )
+    _add_cache(parser)
+    add_device(parser)
+    add_json_out(parser)
+
+
+def run_eval_world_model(args: argparse.Namespace) -> int:
+    from ocrl.preflight import preflight
+    from ocrl.world_models import evaluate_world_model, load_world_model
+
+    preflight(stores=[args.data], stores_need_actions=True, device=args.device, output_file=args.out)
+
+    def evaluate():
+        model = load_world_model(args.world_model, device=args.device)
+        perception = load_perception(model.config.perception, args.device)
+        return evaluate_world_model(
+            model,
+            args.data,
+            perception,
+            horizons=args.horizons,
+            context=args.context,
+            max_windows=args.windows,
+            cache=args.cache,
+        )
+
+    print_json({"world_model": str(args.world_model), **user_errors(evaluate)}, args.out)
+    return 0
