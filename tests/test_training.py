@@ -15,6 +15,7 @@ from ocrl.data.collect import collect
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.evaluation import evaluate_perception
 from ocrl.fit import learning_rate_factor
+from ocrl.slots import SlotCodes, codes_from_masks
 from ocrl.training import PRESETS, pretrain
 
 
@@ -158,7 +159,7 @@ class _OracleModel(torch.nn.Module):
         for source, target in self.merge.items():
             ids[ids == source] = target
         masks = torch.nn.functional.one_hot(ids, self.num_slots).permute(0, 3, 1, 2).float()
-        return None, types.SimpleNamespace(slots=masks)
+        return SlotCodes(masks.flatten(2), *codes_from_masks(masks)), types.SimpleNamespace(slots=masks)
 
     def render(self, state):
         return self.decode(state.slots)
