@@ -172,8 +172,9 @@ def _algorithm(
         policy = "MultiInputPolicy"
         kwargs["policy_kwargs"] = {
             # PPO: actor and critic get their own set extractor, so that value regression does not
-            # pull the policy's features around (benchmarks/RESULTS.md, issue 11)
-            **({"share_features_extractor": False} if config.algo == "ppo" else {}),
+            # pull the policy's features around, and the policy keeps PyTorch's default init
+            # rather than SB3's orthogonal one (both measured in benchmarks/RESULTS.md, issue 11)
+            **({"share_features_extractor": False, "ortho_init": False} if config.algo == "ppo" else {}),
             **kwargs.get("policy_kwargs", {}),
             "features_extractor_class": SlotSetExtractor,
             "features_extractor_kwargs": {"kind": config.extractor, "features_dim": config.features_dim},
