@@ -23,10 +23,9 @@ import ocrl
 from ocrl.agents import AgentConfig, train_agent
 from ocrl.agents.training import CURVE_FILE, read_curve
 from ocrl.data.collect import collect
-from ocrl.evaluation import encode_video, evaluate_perception
-from ocrl.perception.frames import prepare_frames
+from ocrl.evaluation import evaluate_perception
 from ocrl.training import pretrain
-from ocrl.viz import frame_strip, save_perception_pictures, save_png
+from ocrl.viz import frame_strip, save_png, save_video_pictures
 
 
 def main() -> None:
@@ -56,16 +55,7 @@ def main() -> None:
     model = ocrl.load_perception(ocrl.DEFAULT_PERCEPTION)
     scores = evaluate_perception(model, held_out, num_frames=24)
     print(json.dumps({key: round(value, 3) if isinstance(value, float) else value for key, value in scores.items()}))
-    frames = held_out.episode(0).frames(0, 12)
-    encoded = encode_video(model, frames[None])
-    shown = (
-        (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255)
-        .round()
-        .astype("uint8")
-    )
-    png, gif = save_perception_pictures(
-        shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), out / "perception"
-    )
+    png, gif = save_video_pictures(model, held_out.episode(0).frames(0, 12), out / "perception")
     print(f"what it sees: {png} and {gif}")
 
     print(

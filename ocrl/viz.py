@@ -104,3 +104,17 @@ def save_perception_pictures(
         [grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif"
     )
     return png, gif
+
+
+def save_video_pictures(model, frames: np.ndarray, prefix: str | os.PathLike, scale: int = 2) -> tuple[Path, Path]:
+    """What a perception model makes of one video: ``frames`` uint8 (T, H, W, 3) encoded online
+    (:func:`ocrl.evaluation.encode_video`), then :func:`save_perception_pictures` of the frames
+    at the model's resolution, its reconstructions and slot masks."""
+    from ocrl.evaluation import encode_video
+    from ocrl.perception.frames import prepare_frames
+
+    encoded = encode_video(model, frames[None])
+    shown = _to_uint8(prepare_frames(frames, model.resolution, "cpu", resize=True).numpy())
+    return save_perception_pictures(
+        shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), prefix, scale
+    )

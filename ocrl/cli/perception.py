@@ -176,10 +176,8 @@ def add_viz(subparsers) -> None:
 
 
 def run_viz(args: argparse.Namespace) -> int:
-    from ocrl.evaluation import encode_video
-    from ocrl.perception.frames import prepare_frames
     from ocrl.preflight import preflight
-    from ocrl.viz import save_perception_pictures
+    from ocrl.viz import save_video_pictures
 
     (store,) = preflight(stores=[args.data], device=args.device, output_file=args.out.with_name(args.out.name + ".png"))
     if args.episode >= len(store):
@@ -202,16 +200,7 @@ def run_viz(args: argparse.Namespace) -> int:
         print(f"wrote {png} and {gif}")
         return 0
     model = load_perception(args.checkpoint, args.device)
-    frames = store.episode(args.episode).frames(0, args.frames)
-    encoded = encode_video(model, frames[None])
-    shown = (
-        (prepare_frames(frames, model.resolution, "cpu", resize=True).permute(0, 2, 3, 1).numpy() * 255)
-        .round()
-        .astype("uint8")
-    )
-    png, gif = save_perception_pictures(
-        shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), args.out
-    )
+    png, gif = save_video_pictures(model, store.episode(args.episode).frames(0, args.frames), args.out)
     print(f"wrote {png} and {gif}")
     return 0
 
