@@ -44,13 +44,17 @@ class OptimisationConfig(Protocol):
     checkpoint_every: int
 
 
+def warmup_cosine(step: int, steps: int, warmup_steps: int, final_fraction: float) -> float:
+    """Linear warmup to 1 over ``warmup_steps``, then cosine decay to ``final_fraction`` at ``steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def learning_rate_factor(step: int, config: OptimisationConfig) -> float:
-    """Linear warmup to 1, then cosine decay to ``final_learning_rate_fraction``."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-    low = config.final_learning_rate_fraction
-    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    """:func:`warmup_cosine` over the whole run, to ``final_learning_rate_fraction``."""
+    return warmup_cosine(step, config.steps, config.warmup_steps, config.final_learning_rate_fraction)
 
 
 @dataclass(frozen=True)

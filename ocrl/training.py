@@ -43,47 +43,23 @@ class TrainingConfig:
     supervise_depth: bool = True
 
 
+# a GPU run; the MOVi set-ups of SAVi / VideoSAUR / SmoothSA train on 6-frame clips at 128 px (videos
+# of 24 frames are evaluated whole: ocrl eval-perception --frames 24)
+_GPU = dict(
+    steps=100_000,
+    batch_size=32,
+    clip_length=6,
+    learning_rate=2e-4,
+    warmup_steps=2_500,
+    checkpoint_every=2_000,
+    num_workers=4,
+)
 # preset name -> (model size, training config)
 PRESETS: dict[str, tuple[str, TrainingConfig]] = {
     "quick": ("quick", TrainingConfig(steps=7_000)),  # about 27 minutes on 2 CPU cores
-    "base": (
-        "base",
-        TrainingConfig(
-            steps=100_000,
-            batch_size=32,
-            clip_length=6,
-            learning_rate=2e-4,
-            warmup_steps=2_500,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
-    ),
-    # the MOVi set-ups of SAVi / VideoSAUR / SmoothSA: 6-frame training clips at 128 px (videos of
-    # 24 frames are evaluated whole: ocrl eval-perception --frames 24), a GPU run
-    "movi-c": (
-        "base",
-        TrainingConfig(
-            steps=100_000,
-            batch_size=32,
-            clip_length=6,
-            learning_rate=2e-4,
-            warmup_steps=2_500,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
-    ),
-    "movi-e": (
-        "base",
-        TrainingConfig(
-            steps=100_000,
-            batch_size=32,
-            clip_length=6,
-            learning_rate=2e-4,
-            warmup_steps=2_500,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
-    ),
+    "base": ("base", TrainingConfig(**_GPU)),
+    "movi-c": ("base", TrainingConfig(**_GPU)),
+    "movi-e": ("base", TrainingConfig(**_GPU)),
 }
 # model settings a preset fixes: MOVi-C has up to 10 objects + background, MOVi-E up to 23
 PRESET_MODELS: dict[str, dict[str, int]] = {

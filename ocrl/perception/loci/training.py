@@ -17,7 +17,6 @@ Each stage has its own batches and its own learning-rate warmup and cosine decay
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from ocrl.data.dataset import ClipDataset
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
-from ocrl.fit import fit, resume_or_build, start_process
+from ocrl.fit import fit, resume_or_build, start_process, warmup_cosine
 from ocrl.perception.frames import prepare_frames, resize_images
 from ocrl.perception.loci.build import build_loci
 from ocrl.perception.loci.config import LociConfig, loci_config
@@ -88,70 +87,36 @@ class LociTrainingConfig:
         """Warmup then cosine decay to ``final_learning_rate_fraction``, restarted at every stage."""
         for _, start, stop, _, _ in self.stages():
             if start <= step < stop:
-                local, length = step - start, stop - start
+                length = stop - start
                 warmup = min(self.warmup_steps, max(1, length // 5))
-                if local < warmup:
-                    return (local + 1) / warmup
-                progress = (local - warmup) / max(1, length - warmup)
-                low = self.final_learning_rate_fraction
-                return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+                return warmup_cosine(step - start, length, warmup, self.final_learning_rate_fraction)
         return self.final_learning_rate_fraction
 
 
+# the MOVi set-ups, GPU runs
+_LOCI_MOVI = dict(
+    background_steps=10_000,
+    object_steps=50_000,
+    full_steps=100_000,
+    background_batch_size=64,
+    object_batch_size=32,
+    full_batch_size=16,
+    clip_length=4,
+    learning_rate=2e-4,
+    warmup_steps=1_000,
+    checkpoint_every=2_000,
+    num_workers=4,
+)
 # preset name -> (model size, training config, model settings the preset fixes)
 LOCI_PRESETS: dict[str, tuple[str, LociTrainingConfig, dict[str, int]]] = {
     "quick": ("quick", LociTrainingConfig(), {"num_slots": 6}),
     "base": (
         "base",
-        LociTrainingConfig(
-            background_steps=5_000,
-            object_steps=30_000,
-            full_steps=50_000,
-            background_batch_size=64,
-            object_batch_size=32,
-            full_batch_size=16,
-            clip_length=4,
-            learning_rate=2e-4,
-            warmup_steps=1_000,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
+        LociTrainingConfig(**{**_LOCI_MOVI, "background_steps": 5_000, "object_steps": 30_000, "full_steps": 50_000}),
         {},
     ),
-    "movi-c": (
-        "base",
-        LociTrainingConfig(
-            background_steps=10_000,
-            object_steps=50_000,
-            full_steps=100_000,
-            background_batch_size=64,
-            object_batch_size=32,
-            full_batch_size=16,
-            clip_length=4,
-            learning_rate=2e-4,
-            warmup_steps=1_000,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
-        {"num_slots": 11, "resolution": 128},
-    ),
-    "movi-e": (
-        "base",
-        LociTrainingConfig(
-            background_steps=10_000,
-            object_steps=50_000,
-            full_steps=100_000,
-            background_batch_size=64,
-            object_batch_size=32,
-            full_batch_size=16,
-            clip_length=4,
-            learning_rate=2e-4,
-            warmup_steps=1_000,
-            checkpoint_every=2_000,
-            num_workers=4,
-        ),
-        {"num_slots": 24, "resolution": 128},
-    ),
+    "movi-c": ("base", LociTrainingConfig(**_LOCI_MOVI), {"num_slots": 11, "resolution": 128}),
+    "movi-e": ("base", LociTrainingConfig(**_LOCI_MOVI), {"num_slots": 24, "resolution": 128}),
 }
 
 
