@@ -2,7 +2,7 @@
 
 As videosaur's ``ScanOverTime``: ``cell(state, step_input) -> (output, state)``; the outputs of
 all steps are stacked along the time dim by :func:`stack_over_time`, whatever their structure
-(tensors, :class:`~ocrl.slots.SlotCodes`, dicts or tuples of them).
+(tensors, numpy arrays, :class:`~ocrl.slots.SlotCodes`, dicts or tuples of them).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ocrl.slots import SlotCodes
@@ -33,6 +34,8 @@ def stack_over_time(outputs: list[Any], dim: int = 1) -> Any:
     first = outputs[0]
     if isinstance(first, torch.Tensor):
         return torch.stack(outputs, dim)
+    if isinstance(first, np.ndarray):
+        return np.stack(outputs, dim)
     if isinstance(first, SlotCodes):
         return SlotCodes.stack(outputs, dim)
     if isinstance(first, dict):

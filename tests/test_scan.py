@@ -1,5 +1,6 @@
 """The time scan and the stacking of its outputs, driven by a cumulative-sum cell."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,6 +21,13 @@ def test_a_cumulative_sum_cell_gives_cumsum_over_time():
     torch.testing.assert_close(last, values.sum(1))
     with pytest.raises(ValueError, match="at least one step"):
         scan(add, torch.zeros(3, 2), [])
+
+
+def test_numpy_outputs_stack_as_numpy():
+    values = np.random.default_rng(0).normal(size=(3, 5, 2))
+    outputs, _ = scan(lambda _, t: ({"value": values[:, t]}, None), None, range(5))
+    assert isinstance(outputs["value"], np.ndarray)
+    np.testing.assert_array_equal(outputs["value"], values)
 
 
 def _codes(batch: tuple[int, ...], masks: bool) -> SlotCodes:

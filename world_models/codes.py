@@ -32,6 +32,7 @@ from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.files import write_atomically
 from ocrl.perception.encoder import SlotEncoder
+from ocrl.scan import scan
 from ocrl.slots import CODE_KEYS, SlotCodes
 
 STEP_KEYS = ("actions", "rewards", "terminated", "truncated")
@@ -121,11 +122,10 @@ def encode_videos(model: torch.nn.Module, videos: list[np.ndarray]) -> list[dict
     length = max(len(video) for video in videos)
     padded = np.stack([np.concatenate([video, np.repeat(video[-1:], length - len(video), 0)]) for video in videos])
     encoder = SlotEncoder(model, num_streams=len(videos), keys=CODE_KEYS)
-    steps = [encoder.encode(padded[:, t], np.full(len(videos), t == 0)) for t in range(length)]
-    return [
-        {key: np.stack([step[key][row] for step in steps[: len(video)]]) for key in CODE_KEYS}
-        for row, video in enumerate(videos)
-    ]
+    codes, _ = scan(
+        lambda _, t: (encoder.encode(padded[:, t], np.full(len(videos), t == 0)), None), None, range(length)
+    )
+    return [{key: codes[key][row, : len(video)] for key in CODE_KEYS} for row, video in enumerate(videos)]
 
 
 @dataclass
