@@ -70,7 +70,7 @@ def test_unoccupied_slots_report_nothing(model):
         torch.full((1, 1, 32, 32), -9.0), torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
     )
     empty = model.empty_slots(1)
-    images, composition = model._nothing_decoded(1, background)
+    images, composition = model.decode(empty, background)
     seeded, fresh = model.seed(empty, composition, background.foreground)
     assert not bool(fresh.any()) and not bool((seeded.occupancy > 0).any())
     codes, _ = model.step(np.zeros((1, 32, 32, 3), np.uint8), state)
@@ -82,13 +82,63 @@ def test_seeding_places_one_slot_per_foreground_blob(model):
     foreground[..., 2:8, 2:8] = 1.0
     foreground[..., 22:30, 20:28] = 1.0
     background = BackgroundOutput(foreground * 9, foreground, torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
-    _, composition = model._nothing_decoded(1, background)
+    _, composition = model.decode(model.empty_slots(1), background)
     model.init_state(1)
     seeded, fresh = model.seed(model.empty_slots(1), composition, foreground)
     assert int(fresh.sum()) == 2  # a seeded blob is removed from the residual: one slot each
     pixels = ((seeded.position[0, fresh[0], :2] + 1) * 16 - 0.5).round().long()
     for x, y in pixels.tolist():
         assert foreground[0, 0, y, x] == 1.0
+
+
+def test_seeding_grows_regions_only_in_streams_that_want_a_slot(model):
+    # stream 0: every slot occupied; stream 1: a bar that takes several flood-fill steps and a
+    # blob; stream 2: nothing. Seeding the batch must give each stream what seeding it alone gives.
+    foreground = torch.zeros(3, 1, 32, 32)
+    foreground[:2, :, 4:7, 2:10] = 1.0
+    foreground[:2, :, 20:26, 18:24] = 1.0
+    background = BackgroundOutput(foreground * 9, foreground, torch.zeros(3, 3, 32, 32), torch.ones(3, 1, 32, 32))
+    slots = model.empty_slots(3)
+    slots.occupancy[0] = 1.0
+    _, composition = model.decode(model.empty_slots(3), background)
+    model.init_state(1)
+    seeded, fresh = model.seed(slots, composition, foreground)
+    assert fresh.sum(dim=1).tolist() == [0, 2, 0]  # the bar is one part, not two
+    assert torch.equal(seeded.position[0], slots.position[0]) and torch.equal(seeded.occupancy[0], slots.occupancy[0])
+    for stream in range(3):
+        alone = dataclasses.replace(composition, uncovered=composition.uncovered[stream : stream + 1])
+        _, fresh_alone = model.seed(slots.index(torch.tensor([stream])), alone, foreground[stream : stream + 1])
+        assert int(fresh_alone.sum()) == int(fresh[stream].sum())
+
+
+def test_decoding_only_occupied_slots_in_chunks_gives_the_images_of_decoding_all(model, monkeypatch):
+    from ocrl.perception.loci import decoder as decoder_module
+    from ocrl.perception.loci.model import LociSlots
+
+    torch.manual_seed(1)
+    batch, slots = 2, model.num_slots
+    gestalt = torch.rand(batch, slots, model.slot_dim)
+    position = torch.cat(
+        [torch.rand(batch, slots, 2) - 0.5, torch.full((batch, slots, 1), 0.2), torch.randn(batch, slots, 1)], -1
+    )
+    with torch.no_grad():
+        everything = model.decoder(gestalt, position)
+        monkeypatch.setattr(decoder_module, "CPU_CHUNK_PIXELS", 2 * 32 * 32)  # two slots at a time
+        chunked = model.decoder(gestalt, position)
+        for name in ("mask_logits", "depth", "rgb"):
+            assert torch.allclose(getattr(chunked, name), getattr(everything, name), atol=1e-5)
+        occupancy = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+        foreground = torch.rand(batch, 1, 32, 32)
+        background = BackgroundOutput(
+            foreground, foreground, torch.rand(batch, 3, 32, 32), torch.rand(batch, 1, 32, 32)
+        )
+        images, composition = model.decode(LociSlots(gestalt, position, occupancy), background)
+        expected = model.compose(everything, occupancy, background)
+    occupied = occupancy > 0
+    for name in ("mask_logits", "depth", "rgb"):
+        assert torch.allclose(getattr(images, name)[occupied], getattr(everything, name)[occupied], atol=1e-5)
+    for item in dataclasses.fields(composition):
+        assert torch.allclose(getattr(composition, item.name), getattr(expected, item.name), atol=1e-5)
 
 
 def test_composition_sums_to_one_and_the_nearest_slot_wins():

@@ -174,8 +174,32 @@ class LociModel(nn.Module):
         )
 
     def decode(self, slots: LociSlots, background: BackgroundOutput) -> tuple[SlotImages, Composition]:
-        """Decode every slot and compose them with the background."""
-        images = self.decoder(slots.gestalt, slots.position)
+        """Decode the occupied slots and compose them with the background.
+
+        Unoccupied slots are not decoded: they get no mask (logits -20), depth 1 and black RGB.
+        Nothing sees what they would decode: the composition gives them no weight, the encoder's
+        slot inputs and the codes' presence are multiplied by the occupancy, and pruning keeps
+        only occupied slots.
+        """
+        batch, size = slots.occupancy.shape[0], self.resolution
+        occupied = slots.occupancy > 0
+        if bool(occupied.all()):
+            images = self.decoder(slots.gestalt, slots.position)
+        else:
+            device = slots.occupancy.device
+            images = SlotImages(
+                torch.full((batch, self.num_slots, size, size), -20.0, device=device),
+                torch.ones(batch, self.num_slots, size, size, device=device),
+                torch.zeros(batch, self.num_slots, 3, size, size, device=device),
+            )
+            if bool(occupied.any()):
+                decoded = self.decoder(slots.gestalt[occupied][None], slots.position[occupied][None])
+                images = SlotImages(
+                    *(
+                        getattr(images, item.name).index_put((occupied,), getattr(decoded, item.name)[0])
+                        for item in fields(SlotImages)
+                    )
+                )
         return images, self.compose(images, slots.occupancy, background)
 
     def compose(self, images: SlotImages, occupancy: torch.Tensor, background: BackgroundOutput) -> Composition:
@@ -183,17 +207,6 @@ class LociModel(nn.Module):
         return compose(
             images, occupancy, background.rgb, background.depth, self.config.composition_temperature, foreground
         )
-
-    def _nothing_decoded(self, batch: int, background: BackgroundOutput) -> tuple[SlotImages, Composition]:
-        """What :meth:`decode` gives for slots that are all unoccupied, without decoding."""
-        size, slots = self.resolution, self.num_slots
-        device = background.rgb.device
-        images = SlotImages(
-            torch.full((batch, slots, size, size), -20.0, device=device),
-            torch.ones(batch, slots, size, size, device=device),
-            torch.zeros(batch, slots, 3, size, size, device=device),
-        )
-        return images, self.compose(images, torch.zeros(batch, slots, device=device), background)
 
     def seed(
         self, slots: LociSlots, composition: Composition, foreground: torch.Tensor
@@ -222,14 +235,19 @@ class LociModel(nn.Module):
             if not bool(wanted.any()):
                 continue
             index = torch.multinomial(flat + 1e-12, 1, generator=self._sampling_generator(flat.device))[:, 0]
-            # grow the sampled pixel through the residual: its connected part (flood fill)
-            region = torch.zeros_like(flat).scatter_(1, index[:, None], wanted[:, None].float()).view_as(residual)
-            region, inside = region[:, None], residual[:, None]
+            # grow the sampled pixel through the residual: its connected part (flood fill), only
+            # in the streams that want a slot, until it stops growing
+            rows = wanted.nonzero()[:, 0]
+            inside = residual[rows, None]
+            region = torch.zeros_like(inside).flatten(1).scatter_(1, index[rows, None], 1.0).view_as(inside)
             for _ in range(size // 4):
-                region = F.max_pool2d(region, 3, stride=1, padding=1) * inside
-            residual = residual * (1 - region[:, 0])
+                grown = F.max_pool2d(region, 3, stride=1, padding=1) * inside
+                if torch.equal(grown, region):
+                    break
+                region = grown
+            residual = residual.index_put((rows,), residual[rows] * (1 - region[:, 0]))
             # a fragment (an edge that the slots' masks miss) is dropped, not given a slot
-            wanted = wanted & (region.flatten(1).sum(dim=1) >= minimum)
+            wanted = wanted.index_put((rows,), region.flatten(1).sum(dim=1) >= minimum)
             seed_x, seed_y = x[index % size], y[index // size]
             new_position = torch.stack(
                 [seed_x, seed_y, torch.full_like(seed_x, SEED_SIZE), torch.zeros_like(seed_x)], dim=-1
@@ -342,11 +360,7 @@ class LociModel(nn.Module):
         """One pass over a frame (see the module docstring). ``use_gate``: fuse with the prior
         through the percept gate (later frames) or take the observation (warm-up passes);
         ``check_all``: every slot must hold foreground to survive (warm-up), or only new ones."""
-        batch = frames.shape[0]
-        if bool((prior.occupancy > 0).any()):
-            prior_images, prior_composition = self.decode(prior, background)
-        else:
-            prior_images, prior_composition = self._nothing_decoded(batch, background)
+        prior_images, prior_composition = self.decode(prior, background)
         seeded, fresh = self.seed(prior, prior_composition, background.foreground)
         frame_inputs, slot_inputs = self.encoder_inputs(
             frames, background, seeded, prior_images, prior_composition, fresh
