@@ -292,3 +292,11 @@ def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), "--foreground", "median"]) != 0
     assert "--model loci" in capsys.readouterr().err
+
+
+def test_speed_tool_measures_a_loci_model():
+    from ocrl.perception.speed import measure
+
+    torch.manual_seed(0)
+    results = measure(build_loci(tiny_loci_config()), 2, 1, 2, repeats=1, device="cpu")
+    assert results["next frames/s"][0] > 0 and results["train step s"][0] > 0

@@ -518,7 +518,7 @@ class LociModel(nn.Module):
     def forward(
         self,
         frames: torch.Tensor,
-        stage: str,
+        stage: str = "full",
         masks: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
         foreground: torch.Tensor | None = None,
@@ -527,7 +527,8 @@ class LociModel(nn.Module):
 
         Args:
             frames: float (B, T, 3, H, W) in [0, 1] (T = 1 for the first two stages).
-            stage: ``"background"``, ``"objects"`` or ``"full"``.
+            stage: ``"background"``, ``"objects"`` or ``"full"`` (the default: the whole model
+                on videos, self-supervised, as ``model(frames)`` trains every perception model).
             masks: ground-truth instance ids (B, T, H, W) (``"objects"`` needs them).
             depth: optional ground-truth depth (B, T, H, W), larger is farther.
             foreground: the uncertainty network's target (B, T, H, W) in [0, 1]
