@@ -12,9 +12,13 @@ import ocrl
 from ocrl.checkpoint import load_trainer_state, save_checkpoint
 from ocrl.data.collect import collect
 from ocrl.evaluation import evaluate_perception
+from ocrl.perception.frames import prepare_frames
 from ocrl.perception.loci import SlotImages, build_loci, compose, loci_config
+from ocrl.perception.loci import decoder as decoder_module
 from ocrl.perception.loci.background import BackgroundOutput
+from ocrl.perception.loci.model import LociSlots
 from ocrl.perception.loci.training import LociTrainingConfig, pretrain_loci
+from ocrl.perception.speed import measure
 from ocrl.slots import SlotCodes
 
 
@@ -112,9 +116,6 @@ def test_seeding_grows_regions_only_in_streams_that_want_a_slot(model):
 
 
 def test_decoding_only_occupied_slots_in_chunks_gives_the_images_of_decoding_all(model, monkeypatch):
-    from ocrl.perception.loci import decoder as decoder_module
-    from ocrl.perception.loci.model import LociSlots
-
     torch.manual_seed(1)
     batch, slots = 2, model.num_slots
     gestalt = torch.rand(batch, slots, model.slot_dim)
@@ -139,6 +140,25 @@ def test_decoding_only_occupied_slots_in_chunks_gives_the_images_of_decoding_all
         assert torch.allclose(getattr(images, name)[occupied], getattr(everything, name)[occupied], atol=1e-5)
     for item in dataclasses.fields(composition):
         assert torch.allclose(getattr(composition, item.name), getattr(expected, item.name), atol=1e-5)
+
+
+def test_render_decodes_the_rgb_that_step_leaves_out(model):
+    state = model.init_state(2)
+    for first in (True, False):
+        if not first:  # slots to render (the untrained model seeds none by itself)
+            torch.manual_seed(2)
+            occupancy = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+            position = torch.cat([torch.rand(2, 3, 2) - 0.5, torch.full((2, 3, 1), 0.3), torch.zeros(2, 3, 1)], -1)
+            state.prior = LociSlots(torch.rand(2, 3, model.slot_dim), position, occupancy)
+        _, state = model.step(frames(seed=3), state, is_first=first)
+        assert state.composition.rgb is None
+        rendering = model.render(state)
+        with torch.no_grad():
+            background = model.background(prepare_frames(frames(seed=3), 32, model.device))
+            _, composition = model.decode(state.posterior, background)
+        assert torch.allclose(rendering.reconstruction, composition.rgb, atol=1e-5)
+        assert torch.allclose(rendering.masks, composition.weights, atol=1e-5)
+    assert bool((state.posterior.occupancy > 0).any())
 
 
 def test_composition_sums_to_one_and_the_nearest_slot_wins():
@@ -295,8 +315,6 @@ def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
 
 
 def test_speed_tool_measures_a_loci_model():
-    from ocrl.perception.speed import measure
-
     torch.manual_seed(0)
     results = measure(build_loci(tiny_loci_config()), 2, 1, 2, repeats=1, device="cpu")
     assert results["next frames/s"][0] > 0 and results["train step s"][0] > 0
