@@ -26,8 +26,7 @@ from ocrl.perception.loci.layers import ConvNeXtBlock, gaussian_maps, relative_c
 # logit standing in for "no mask at all" for unoccupied slots (finite, so a softmax over
 # all-unoccupied slots stays defined)
 EMPTY_LOGIT = -1e4
-# full-resolution pixels decoded at once on the CPU (24 slots at 64x64: 48 slots at once take
-# 1.4x the CPU time, 8 at a time 1.15x; measured on dev)
+# full-resolution pixels decoded at once on the CPU (24 slots at 64x64; see CascadedDecoder._in_chunks)
 CPU_CHUNK_PIXELS = 24 * 64 * 64
 
 
@@ -45,8 +44,9 @@ class SlotImages:
 class Composition:
     """Slots composed with the background: weights (B, K, H, W) each slot's visible mask,
     background (B, H, W) the background's; they sum to 1 at every pixel. rgb (B, 3, H, W) (None
-    when the slots' RGB was not decoded) and depth (B, H, W) the composed frame and depth map. uncovered (B, H, W): where no slot's own
-    object mask reaches, ``prod_k (1 - m_k)`` (what slot assignment looks for new objects in)."""
+    when the slots' RGB was not decoded) and depth (B, H, W) the composed frame and depth map.
+    uncovered (B, H, W): where no slot's own object mask reaches, ``prod_k (1 - m_k)`` (what slot
+    assignment looks for new objects in)."""
 
     weights: torch.Tensor
     background: torch.Tensor
@@ -205,10 +205,11 @@ class CascadedDecoder(nn.Module):
     def _in_chunks(self, decode, *inputs: torch.Tensor, **options) -> list[torch.Tensor | None]:
         """``decode`` over (N, ...) inputs, concatenated. On the CPU a few slots at a time: the
         full-resolution maps of all slots at once are large allocations that the allocator hands
-        back to the system and faults in again on every call (1.4x slower for 48 slots at 64x64,
-        measured on dev). Slots are decoded independently, so the chunks give the same images."""
+        back to the system and faults in again on every call (48 slots at 64x64 at once took 1.4x
+        the CPU time of 24 at a time, 8 at a time 1.15x, on dev). Slots are decoded independently,
+        so the chunks give the same images."""
         count = len(inputs[0])
-        chunk = max(1, CPU_CHUNK_PIXELS // self.mask.resolution**2) if inputs[0].device.type == "cpu" else count
+        chunk = max(1, CPU_CHUNK_PIXELS // self.mask.resolution**2 if inputs[0].device.type == "cpu" else count)
         parts = [decode(*chunks, **options) for chunks in zip(*(tensor.split(chunk) for tensor in inputs))]
         return [None if outputs[0] is None else torch.cat(outputs) for outputs in zip(*parts)]
 
