@@ -82,7 +82,7 @@ def seeded_from_truth(model, video: torch.Tensor, masks: torch.Tensor) -> float:
         part_background = type(background)(
             *(getattr(background, name)[part] for name in background.__dataclass_fields__)
         )
-        nothing, composition = model._nothing_decoded(batch, part_background)
+        nothing, composition = model.decode(model.empty_slots(batch), part_background)
         fresh = occupancy > 0
         inputs = model.encoder_inputs(frames[part], part_background, seeded, nothing, composition, fresh)
         gestalt, encoded = model.encoder(*inputs, seeded.gestalt)

@@ -12,9 +12,13 @@ import ocrl
 from ocrl.checkpoint import load_trainer_state, save_checkpoint
 from ocrl.data.collect import collect
 from ocrl.evaluation import evaluate_perception
+from ocrl.perception.frames import prepare_frames
 from ocrl.perception.loci import SlotImages, build_loci, compose, loci_config
+from ocrl.perception.loci import decoder as decoder_module
 from ocrl.perception.loci.background import BackgroundOutput
+from ocrl.perception.loci.model import LociSlots
 from ocrl.perception.loci.training import LociTrainingConfig, pretrain_loci
+from ocrl.perception.speed import measure
 from ocrl.slots import SlotCodes
 
 
@@ -70,7 +74,7 @@ def test_unoccupied_slots_report_nothing(model):
         torch.full((1, 1, 32, 32), -9.0), torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32)
     )
     empty = model.empty_slots(1)
-    images, composition = model._nothing_decoded(1, background)
+    images, composition = model.decode(empty, background)
     seeded, fresh = model.seed(empty, composition, background.foreground)
     assert not bool(fresh.any()) and not bool((seeded.occupancy > 0).any())
     codes, _ = model.step(np.zeros((1, 32, 32, 3), np.uint8), state)
@@ -82,13 +86,79 @@ def test_seeding_places_one_slot_per_foreground_blob(model):
     foreground[..., 2:8, 2:8] = 1.0
     foreground[..., 22:30, 20:28] = 1.0
     background = BackgroundOutput(foreground * 9, foreground, torch.zeros(1, 3, 32, 32), torch.ones(1, 1, 32, 32))
-    _, composition = model._nothing_decoded(1, background)
+    _, composition = model.decode(model.empty_slots(1), background)
     model.init_state(1)
     seeded, fresh = model.seed(model.empty_slots(1), composition, foreground)
     assert int(fresh.sum()) == 2  # a seeded blob is removed from the residual: one slot each
     pixels = ((seeded.position[0, fresh[0], :2] + 1) * 16 - 0.5).round().long()
     for x, y in pixels.tolist():
         assert foreground[0, 0, y, x] == 1.0
+
+
+def test_seeding_grows_regions_only_in_streams_that_want_a_slot(model):
+    # stream 0: every slot occupied; stream 1: a bar that takes several flood-fill steps and a
+    # blob; stream 2: nothing. Seeding the batch must give each stream what seeding it alone gives.
+    foreground = torch.zeros(3, 1, 32, 32)
+    foreground[:2, :, 4:7, 2:10] = 1.0
+    foreground[:2, :, 20:26, 18:24] = 1.0
+    background = BackgroundOutput(foreground * 9, foreground, torch.zeros(3, 3, 32, 32), torch.ones(3, 1, 32, 32))
+    slots = model.empty_slots(3)
+    slots.occupancy[0] = 1.0
+    _, composition = model.decode(model.empty_slots(3), background)
+    model.init_state(1)
+    seeded, fresh = model.seed(slots, composition, foreground)
+    assert fresh.sum(dim=1).tolist() == [0, 2, 0]  # the bar is one part, not two
+    assert torch.equal(seeded.position[0], slots.position[0]) and torch.equal(seeded.occupancy[0], slots.occupancy[0])
+    for stream in range(3):
+        alone = dataclasses.replace(composition, uncovered=composition.uncovered[stream : stream + 1])
+        _, fresh_alone = model.seed(slots.index(torch.tensor([stream])), alone, foreground[stream : stream + 1])
+        assert int(fresh_alone.sum()) == int(fresh[stream].sum())
+
+
+def test_decoding_only_occupied_slots_in_chunks_gives_the_images_of_decoding_all(model, monkeypatch):
+    torch.manual_seed(1)
+    batch, slots = 2, model.num_slots
+    gestalt = torch.rand(batch, slots, model.slot_dim)
+    position = torch.cat(
+        [torch.rand(batch, slots, 2) - 0.5, torch.full((batch, slots, 1), 0.2), torch.randn(batch, slots, 1)], -1
+    )
+    with torch.no_grad():
+        everything = model.decoder(gestalt, position)
+        monkeypatch.setattr(decoder_module, "CPU_CHUNK_PIXELS", 2 * 32 * 32)  # two slots at a time
+        chunked = model.decoder(gestalt, position)
+        for name in ("mask_logits", "depth", "rgb"):
+            assert torch.allclose(getattr(chunked, name), getattr(everything, name), atol=1e-5)
+        occupancy = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+        foreground = torch.rand(batch, 1, 32, 32)
+        background = BackgroundOutput(
+            foreground, foreground, torch.rand(batch, 3, 32, 32), torch.rand(batch, 1, 32, 32)
+        )
+        images, composition = model.decode(LociSlots(gestalt, position, occupancy), background)
+        expected = model.compose(everything, occupancy, background)
+    occupied = occupancy > 0
+    for name in ("mask_logits", "depth", "rgb"):
+        assert torch.allclose(getattr(images, name)[occupied], getattr(everything, name)[occupied], atol=1e-5)
+    for item in dataclasses.fields(composition):
+        assert torch.allclose(getattr(composition, item.name), getattr(expected, item.name), atol=1e-5)
+
+
+def test_render_decodes_the_rgb_that_step_leaves_out(model):
+    state = model.init_state(2)
+    for first in (True, False):
+        if not first:  # slots to render (the untrained model seeds none by itself)
+            torch.manual_seed(2)
+            occupancy = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+            position = torch.cat([torch.rand(2, 3, 2) - 0.5, torch.full((2, 3, 1), 0.3), torch.zeros(2, 3, 1)], -1)
+            state.prior = LociSlots(torch.rand(2, 3, model.slot_dim), position, occupancy)
+        _, state = model.step(frames(seed=3), state, is_first=first)
+        assert state.composition.rgb is None
+        rendering = model.render(state)
+        with torch.no_grad():
+            background = model.background(prepare_frames(frames(seed=3), 32, model.device))
+            _, composition = model.decode(state.posterior, background)
+        assert torch.allclose(rendering.reconstruction, composition.rgb, atol=1e-5)
+        assert torch.allclose(rendering.masks, composition.weights, atol=1e-5)
+    assert bool((state.posterior.occupancy > 0).any())
 
 
 def test_composition_sums_to_one_and_the_nearest_slot_wins():
@@ -242,3 +312,9 @@ def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), "--foreground", "median"]) != 0
     assert "--model loci" in capsys.readouterr().err
+
+
+def test_speed_tool_measures_a_loci_model():
+    torch.manual_seed(0)
+    results = measure(build_loci(tiny_loci_config()), 2, 1, 2, repeats=1, device="cpu")
+    assert results["next frames/s"][0] > 0 and results["train step s"][0] > 0

@@ -5,7 +5,9 @@ Prints, per model, ``step`` frames/s on first frames and on later frames, withou
 masks, and the time of one training step (forward + backward + Adam) on a clip batch, each as
 the median and the best of the repeats; the FLOPs of a next-frame ``step`` and the GFLOP/s
 they reach, next to the fp32 matmul rate of the machine measured in the same run; and the
-process's peak RSS. Preset weights are random: speed does not depend on them.
+process's peak RSS. Preset weights are random: speed does not depend on them. A Loci-s
+checkpoint's training step is its ``"full"`` stage (``model(clip)``; the background module is
+fixed in it).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from torch import nn
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.loci.background import BackgroundModule, BackgroundOutput
 from ocrl.perception.loci.config import LociConfig
-from ocrl.perception.loci.decoder import CascadedDecoder, Composition, SlotImages, compose
+from ocrl.perception.loci.decoder import CascadedDecoder, Composition, SlotImages, compose, composed_rgb
 from ocrl.perception.loci.encoder import ObjectEncoder
 from ocrl.perception.loci.layers import gaussian_maps, l0_surrogate
 from ocrl.perception.loci.transition import PerceptGate, SlotTransition
@@ -61,8 +61,9 @@ class LociState:
     """Recurrent state of B streams.
 
     prior: the slots predicted for the next frame; posterior: the slots of the last frame;
-    hidden (B, K, L, H): GateL0RD states; composition of the last frame (for
-    :meth:`LociModel.render`, None before the first frame); started (B,) bool on the CPU.
+    hidden (B, K, L, H): GateL0RD states; started (B,) bool on the CPU. For
+    :meth:`LociModel.render` (None before the first frame): the last frame's composition without
+    its RGB, the posterior's slot images without RGB, and the background's RGB (B, 3, H, W).
     """
 
     prior: LociSlots
@@ -70,6 +71,8 @@ class LociState:
     hidden: torch.Tensor
     started: torch.Tensor
     composition: Composition | None = None
+    images: SlotImages | None = None
+    background_rgb: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -173,9 +176,36 @@ class LociModel(nn.Module):
             torch.zeros(batch, self.num_slots, device=device),
         )
 
-    def decode(self, slots: LociSlots, background: BackgroundOutput) -> tuple[SlotImages, Composition]:
-        """Decode every slot and compose them with the background."""
-        images = self.decoder(slots.gestalt, slots.position)
+    def decode(
+        self, slots: LociSlots, background: BackgroundOutput, rgb: bool = True
+    ) -> tuple[SlotImages, Composition]:
+        """Decode the occupied slots and compose them with the background (``rgb=False``: masks
+        and depth only, the composition without its RGB).
+
+        Unoccupied slots are not decoded: they get no mask (logits -20), depth 1 and black RGB.
+        Nothing sees what they would decode: the composition gives them no weight, the encoder's
+        slot inputs and the codes' presence are multiplied by the occupancy, and pruning keeps
+        only occupied slots.
+        """
+        batch, size = slots.occupancy.shape[0], self.resolution
+        occupied = slots.occupancy > 0
+        if bool(occupied.all()):
+            images = self.decoder(slots.gestalt, slots.position, rgb)
+        else:
+            device = slots.occupancy.device
+            images = SlotImages(
+                torch.full((batch, self.num_slots, size, size), -20.0, device=device),
+                torch.ones(batch, self.num_slots, size, size, device=device),
+                torch.zeros(batch, self.num_slots, 3, size, size, device=device) if rgb else None,
+            )
+            if bool(occupied.any()):
+                decoded = self.decoder(slots.gestalt[occupied][None], slots.position[occupied][None], rgb)
+                images = SlotImages(
+                    *(
+                        None if part is None else whole.index_put((occupied,), part[0])
+                        for whole, part in zip(_values(images), _values(decoded))
+                    )
+                )
         return images, self.compose(images, slots.occupancy, background)
 
     def compose(self, images: SlotImages, occupancy: torch.Tensor, background: BackgroundOutput) -> Composition:
@@ -183,17 +213,6 @@ class LociModel(nn.Module):
         return compose(
             images, occupancy, background.rgb, background.depth, self.config.composition_temperature, foreground
         )
-
-    def _nothing_decoded(self, batch: int, background: BackgroundOutput) -> tuple[SlotImages, Composition]:
-        """What :meth:`decode` gives for slots that are all unoccupied, without decoding."""
-        size, slots = self.resolution, self.num_slots
-        device = background.rgb.device
-        images = SlotImages(
-            torch.full((batch, slots, size, size), -20.0, device=device),
-            torch.ones(batch, slots, size, size, device=device),
-            torch.zeros(batch, slots, 3, size, size, device=device),
-        )
-        return images, self.compose(images, torch.zeros(batch, slots, device=device), background)
 
     def seed(
         self, slots: LociSlots, composition: Composition, foreground: torch.Tensor
@@ -222,14 +241,19 @@ class LociModel(nn.Module):
             if not bool(wanted.any()):
                 continue
             index = torch.multinomial(flat + 1e-12, 1, generator=self._sampling_generator(flat.device))[:, 0]
-            # grow the sampled pixel through the residual: its connected part (flood fill)
-            region = torch.zeros_like(flat).scatter_(1, index[:, None], wanted[:, None].float()).view_as(residual)
-            region, inside = region[:, None], residual[:, None]
+            # grow the sampled pixel through the residual: its connected part (flood fill), only
+            # in the streams that want a slot, until it stops growing
+            rows = wanted.nonzero()[:, 0]
+            inside = residual[rows, None]
+            region = torch.zeros_like(inside).flatten(1).scatter_(1, index[rows, None], 1.0).view_as(inside)
             for _ in range(size // 4):
-                region = F.max_pool2d(region, 3, stride=1, padding=1) * inside
-            residual = residual * (1 - region[:, 0])
+                grown = F.max_pool2d(region, 3, stride=1, padding=1) * inside
+                if torch.equal(grown, region):
+                    break
+                region = grown
+            residual = residual.index_put((rows,), residual[rows] * (1 - region[:, 0]))
             # a fragment (an edge that the slots' masks miss) is dropped, not given a slot
-            wanted = wanted & (region.flatten(1).sum(dim=1) >= minimum)
+            wanted = wanted.index_put((rows,), region.flatten(1).sum(dim=1) >= minimum)
             seed_x, seed_y = x[index % size], y[index // size]
             new_position = torch.stack(
                 [seed_x, seed_y, torch.full_like(seed_x, SEED_SIZE), torch.zeros_like(seed_x)], dim=-1
@@ -338,15 +362,13 @@ class LociModel(nn.Module):
         last_position: torch.Tensor,
         use_gate: bool,
         check_all: bool,
+        rgb: bool = True,
     ) -> Pass:
         """One pass over a frame (see the module docstring). ``use_gate``: fuse with the prior
         through the percept gate (later frames) or take the observation (warm-up passes);
-        ``check_all``: every slot must hold foreground to survive (warm-up), or only new ones."""
-        batch = frames.shape[0]
-        if bool((prior.occupancy > 0).any()):
-            prior_images, prior_composition = self.decode(prior, background)
-        else:
-            prior_images, prior_composition = self._nothing_decoded(batch, background)
+        ``check_all``: every slot must hold foreground to survive (warm-up), or only new ones;
+        ``rgb=False``: the fused slots' RGB is not decoded (only a rendering would show it)."""
+        prior_images, prior_composition = self.decode(prior, background)
         seeded, fresh = self.seed(prior, prior_composition, background.foreground)
         frame_inputs, slot_inputs = self.encoder_inputs(
             frames, background, seeded, prior_images, prior_composition, fresh
@@ -365,7 +387,7 @@ class LociModel(nn.Module):
             ),
             seeded.occupancy,
         )
-        images, composition = self.decode(fused, background)
+        images, composition = self.decode(fused, background, rgb)
         checked = torch.ones_like(fresh) if check_all else fresh
         regularise = self.config.assignment.kind == "regularised"
         unexplained = background.foreground * prior_composition.uncovered[:, None]
@@ -382,19 +404,24 @@ class LociModel(nn.Module):
         last_position: torch.Tensor,
         hidden: torch.Tensor,
         warmup: int,
+        rgb: bool = True,
     ) -> tuple[list[Pass], LociSlots, torch.Tensor, torch.Tensor]:
         """All passes over one frame, then the transition: (passes, next prior, new hidden,
         GateL0RD gates). ``warmup`` > 0 marks an episode's first frame (all streams first):
-        ``warmup`` passes without the gate, starting from no slots."""
+        ``warmup`` passes without the gate, starting from no slots. ``rgb``: as in :meth:`one_pass`."""
         passes = []
         if warmup > 0:
             slots = self.empty_slots(frames.shape[0])
             for _ in range(warmup):
-                passes.append(self.one_pass(frames, background, slots, last_position, use_gate=False, check_all=True))
+                passes.append(
+                    self.one_pass(frames, background, slots, last_position, use_gate=False, check_all=True, rgb=rgb)
+                )
                 slots = passes[-1].slots
             hidden = torch.zeros_like(hidden)
         else:
-            passes.append(self.one_pass(frames, background, prior, last_position, use_gate=True, check_all=False))
+            passes.append(
+                self.one_pass(frames, background, prior, last_position, use_gate=True, check_all=False, rgb=rgb)
+            )
             # seeded slots hold a new object: their recurrent state starts afresh
             hidden = hidden * (~passes[-1].fresh).float()[..., None, None]
         posterior = passes[-1].slots
@@ -458,12 +485,7 @@ class LociModel(nn.Module):
         warmup = max(1, self.config.assignment.warmup_eval)
         groups = [(first, warmup), (~first, 0)]
         prior, posterior, hidden = state.prior, state.posterior, state.hidden.clone()
-        weights = torch.zeros(state.batch_size, self.num_slots, self.resolution, self.resolution, device=self.device)
-        background_weight = torch.zeros_like(weights[:, 0])
-        rgb = torch.zeros_like(frames)
-        depth = torch.zeros_like(background_weight)
-        uncovered = torch.zeros_like(background_weight)
-        codes_parts = []
+        codes_parts, composition_parts, image_parts = [], [], []
         for members, passes in groups:
             if not bool(members.any()):
                 continue
@@ -476,27 +498,38 @@ class LociModel(nn.Module):
                 posterior.position[index],
                 hidden[index],
                 passes,
+                rgb=False,
             )
             last = part_passes[-1]
             prior = prior.put(index, part_prior)
             posterior = posterior.put(index, last.slots)
             hidden = hidden.index_copy(0, index, part_hidden)
-            weights = weights.index_copy(0, index, last.composition.weights)
-            background_weight = background_weight.index_copy(0, index, last.composition.background)
-            rgb = rgb.index_copy(0, index, last.composition.rgb)
-            depth = depth.index_copy(0, index, last.composition.depth)
-            uncovered = uncovered.index_copy(0, index, last.composition.uncovered)
             codes_parts.append((index, self._codes(last, return_masks)))
-        codes = _merge_codes(codes_parts, state.batch_size)
-        composition = Composition(weights, background_weight, rgb, depth, uncovered)
-        return codes, LociState(prior, posterior, hidden, torch.ones_like(state.started), composition)
+            composition_parts.append((index, last.composition))
+            image_parts.append((index, last.images))
+        batch = state.batch_size
+        codes = _merge(codes_parts, batch)
+        composition, images = _merge(composition_parts, batch), _merge(image_parts, batch)
+        started = torch.ones_like(state.started)
+        return codes, LociState(prior, posterior, hidden, started, composition, images, background.rgb)
 
     def render(self, state: LociState) -> LociRendering:
-        """The last frame's visible masks, background mask, reconstruction and depth map."""
-        if state.composition is None:
+        """The last frame's visible masks, background mask, reconstruction and depth map.
+
+        :meth:`step` does not decode the slots' RGB (nothing in the codes needs it); the
+        reconstruction decodes it here, for the occupied slots, from the stored masks and depth.
+        """
+        if state.composition is None or state.images is None or state.background_rgb is None:
             raise ValueError("render needs a state that has seen a frame")
-        composition = state.composition
-        return LociRendering(composition.weights, composition.background, composition.rgb, composition.depth)
+        composition, images, slots = state.composition, state.images, state.posterior
+        rgb = torch.zeros(*images.depth.shape[:2], 3, *images.depth.shape[2:], device=images.depth.device)
+        occupied = slots.occupancy > 0
+        if bool(occupied.any()):
+            rgb[occupied] = self.decoder.decode_rgb(
+                slots.gestalt[occupied], slots.position[occupied], images.mask_logits[occupied], images.depth[occupied]
+            )
+        reconstruction = composed_rgb(composition.weights, composition.background, rgb, state.background_rgb)
+        return LociRendering(composition.weights, composition.background, reconstruction, composition.depth)
 
     # -------------------------------------------------------------------------------------
     # Training
@@ -504,7 +537,7 @@ class LociModel(nn.Module):
     def forward(
         self,
         frames: torch.Tensor,
-        stage: str,
+        stage: str = "full",
         masks: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
         foreground: torch.Tensor | None = None,
@@ -513,7 +546,8 @@ class LociModel(nn.Module):
 
         Args:
             frames: float (B, T, 3, H, W) in [0, 1] (T = 1 for the first two stages).
-            stage: ``"background"``, ``"objects"`` or ``"full"``.
+            stage: ``"background"``, ``"objects"`` or ``"full"`` (the default: the whole model
+                on videos, self-supervised, as ``model(frames)`` trains every perception model).
             masks: ground-truth instance ids (B, T, H, W) (``"objects"`` needs them).
             depth: optional ground-truth depth (B, T, H, W), larger is farther.
             foreground: the uncertainty network's target (B, T, H, W) in [0, 1]
@@ -682,18 +716,23 @@ def gestalt_like(model: LociModel, batch: int, count: int) -> torch.Tensor:
     return torch.zeros(batch, count, model.slot_dim, device=model.device)
 
 
-def _merge_codes(parts: list[tuple[torch.Tensor, SlotCodes]], batch: int) -> SlotCodes:
-    """Codes of sub-batches (index, codes) back into one batch in stream order."""
+def _values(item: Any) -> list[torch.Tensor | None]:
+    """The fields of a dataclass of tensors, in order."""
+    return [getattr(item, field.name) for field in fields(item)]
+
+
+def _merge(parts: list[tuple[torch.Tensor, Any]], batch: int) -> Any:
+    """Dataclasses of tensors (codes, compositions, slot images) of sub-batches (index, item)
+    back into one batch in stream order; a field that any part lacks (None) stays None."""
     if len(parts) == 1:
         return parts[0][1]
-    merged = {}
-    for item in fields(SlotCodes):
-        values = [getattr(codes, item.name) for _, codes in parts]
+    merged = []
+    for values in zip(*(_values(item) for _, item in parts)):
         if any(value is None for value in values):
-            merged[item.name] = None
+            merged.append(None)
             continue
         out = values[0].new_zeros(batch, *values[0].shape[1:])
         for (index, _), value in zip(parts, values):
             out = out.index_copy(0, index, value)
-        merged[item.name] = out
-    return SlotCodes(**merged)
+        merged.append(out)
+    return type(parts[0][1])(*merged)
