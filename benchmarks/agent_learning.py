@@ -6,7 +6,7 @@ held-out episodes every ``--every`` steps. One PNG per task (mean and min-max ov
 
 Observation ``imagination`` is slot-code PPO trained only inside the world model ``--imagination``
 (the same number of imagined steps) and evaluated in the real env. ``--env-kwargs`` (JSON) changes
-the task, e.g. ``'{"colours": "ood"}'``; ``--extractor`` and ``--algo-kwargs`` compare policies and
+the task, e.g. ``'{"colours": "ood"}'``; ``--perception`` picks the model behind the slot codes; ``--extractor`` and ``--algo-kwargs`` compare policies and
 PPO settings (use a new ``--out`` for each). Agents land in OUT/<env>/<observation>-<seed> (rerunning
 resumes them and skips finished ones); the table goes to stdout, pictures to OUT/<env>.png.
 """
@@ -36,6 +36,7 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
             "env_kwargs": json.loads(args.env_kwargs or "{}"),
             "algo_kwargs": json.loads(args.algo_kwargs or "{}"),
             "extractor": args.extractor,
+            "perception": args.perception,
         }
         if observation == "imagination":
             config = AgentConfig(
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument(
         "--algo-kwargs", help="JSON over the PPO defaults of ocrl train-agent, e.g. '{\"batch_size\": 512}'"
     )
+    parser.add_argument("--perception", help="perception model of observation 'slots' (shipped name or checkpoint)")
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

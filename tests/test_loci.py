@@ -18,6 +18,7 @@ from ocrl.perception.loci import decoder as decoder_module
 from ocrl.perception.loci.background import BackgroundOutput
 from ocrl.perception.loci.model import LociSlots
 from ocrl.perception.loci.training import LociTrainingConfig, pretrain_loci
+from ocrl.perception.model import put_streams, take_streams
 from ocrl.perception.speed import measure
 from ocrl.slots import SlotCodes
 
@@ -67,6 +68,54 @@ def test_step_fills_slot_codes_with_contract_shapes(model):
     assert codes.masks is None
 
 
+def tensors(state) -> list[torch.Tensor]:
+    """Every tensor of a (nested) state dataclass, in field order."""
+    if dataclasses.is_dataclass(state):
+        return [tensor for item in dataclasses.fields(state) for tensor in tensors(getattr(state, item.name))]
+    return [] if state is None else [state]
+
+
+def test_streams_of_a_state_are_taken_and_put_back_and_terminal_frames_leave_it_alone(model):
+    from ocrl.wrappers import SlotEncoder
+
+    encoder = SlotEncoder(model, num_streams=3)
+    encoder.encode(frames(3))
+    before = encoder.state
+    part = take_streams(before, torch.tensor([2, 0]))
+    assert part.batch_size == 2 and torch.equal(part.hidden[0], before.hidden[2])
+    assert torch.equal(part.prior.gestalt[1], before.prior.gestalt[0])
+    for whole, back in zip(tensors(before), tensors(put_streams(before, torch.tensor([2, 0]), part)), strict=True):
+        assert torch.equal(whole, back)
+    # SB3's terminal frame of stream 1 is encoded without advancing; the next frame advances only stream 1
+    encoder.encode(frames(1, seed=3), streams=[1], advance=False)
+    assert encoder.state is before
+    encoder.encode(frames(1, seed=4), is_first=[True], streams=[1])
+    for stream in (0, 2):
+        assert torch.equal(encoder.state.hidden[stream], before.hidden[stream])
+        assert torch.equal(encoder.state.background_rgb[stream], before.background_rgb[stream])
+    assert not torch.equal(encoder.state.background_rgb[1], before.background_rgb[1])
+
+
+def test_sb3_vec_env_wrapper_runs_loci_through_episode_ends(model):
+    from gymnasium.wrappers import TimeLimit
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from ocrl.wrappers import ObjectCentricVecEnv
+
+    make = lambda: TimeLimit(ocrl.envs.make("ocrl/ObjectGoal-v0", resolution=32), 2)  # noqa: E731
+    venv = ObjectCentricVecEnv(DummyVecEnv([make] * 2), model)
+    venv.reset()
+    ended = 0
+    for _ in range(3):
+        codes, _, dones, infos = venv.step(np.zeros(2, dtype=int))
+        assert codes["slots"].shape == (2, 3, 24) and np.isfinite(codes["position"]).all()
+        for done, info in zip(dones, infos):
+            if done:
+                ended += 1
+                assert info["terminal_observation"]["slots"].shape == (3, 24)
+    assert ended >= 2  # every episode ends after two steps
+
+
 def test_unoccupied_slots_report_nothing(model):
     # a frame the background module calls all background: no slot is seeded
     state = model.init_state(1)
@@ -111,7 +160,7 @@ def test_seeding_grows_regions_only_in_streams_that_want_a_slot(model):
     assert torch.equal(seeded.position[0], slots.position[0]) and torch.equal(seeded.occupancy[0], slots.occupancy[0])
     for stream in range(3):
         alone = dataclasses.replace(composition, uncovered=composition.uncovered[stream : stream + 1])
-        _, fresh_alone = model.seed(slots.index(torch.tensor([stream])), alone, foreground[stream : stream + 1])
+        _, fresh_alone = model.seed(take_streams(slots, torch.tensor([stream])), alone, foreground[stream : stream + 1])
         assert int(fresh_alone.sum()) == int(fresh[stream].sum())
 
 

@@ -16,7 +16,7 @@ from gymnasium import spaces
 
 from ocrl.device import default_device
 from ocrl.perception.frames import prepare_frames
-from ocrl.perception.model import PerceptionState
+from ocrl.perception.model import put_streams, take_streams
 from ocrl.slots import CODE_KEYS, SLOT_CODE_KEYS, observation_space
 
 DEFAULT_KEYS = CODE_KEYS
@@ -113,17 +113,9 @@ class SlotEncoder:
                 episode (SB3's terminal observation) without disturbing the state of the next.
         """
         index = None if streams is None else torch.as_tensor(np.asarray(streams), dtype=torch.long)
-        state = (
-            self.state
-            if index is None
-            else PerceptionState(self.state.slots[index.to(self.state.slots.device)], self.state.started[index])
-        )
+        state = self.state if index is None else take_streams(self.state, index)
         codes, new_state = self.model.step(self.resize(frames), state, is_first, return_masks=self.return_masks)
         if advance:
-            if index is None:
-                self.state = new_state
-            else:
-                self.state.slots[index.to(self.state.slots.device)] = new_state.slots
-                self.state.started[index] = True
+            self.state = new_state if index is None else put_streams(self.state, index, new_state)
         arrays = codes.to_numpy()
         return {key: arrays[key] for key in self.keys}

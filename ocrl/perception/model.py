@@ -9,7 +9,7 @@ iterations, later frames ``iterations_next`` (SmoothSA: 3 and 1, the same shared
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,33 @@ class ClipOutput:
     depth_map: torch.Tensor | None
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     loss: torch.Tensor | None = None
+
+
+def take_streams(state: Any, index: torch.Tensor) -> Any:
+    """The streams ``index`` (1-D long) of a recurrent state: a dataclass whose tensor fields
+    (nested dataclasses too) have the streams along dimension 0; None stays None. Works for every
+    model's state, whatever device each tensor lives on."""
+    if state is None:
+        return None
+    if is_dataclass(state):
+        return replace(state, **{item.name: take_streams(getattr(state, item.name), index) for item in fields(state)})
+    return state[index.to(state.device)]
+
+
+def put_streams(state: Any, index: torch.Tensor, part: Any) -> Any:
+    """``state`` with the streams ``index`` replaced by ``part`` (what :func:`take_streams` took,
+    advanced); a field either side lacks (None) becomes None. ``state`` is not modified."""
+    if state is None or part is None:
+        return None
+    if is_dataclass(state):
+        return replace(
+            state,
+            **{
+                item.name: put_streams(getattr(state, item.name), index, getattr(part, item.name))
+                for item in fields(state)
+            },
+        )
+    return state.index_copy(0, index.to(state.device), part.to(state.dtype))
 
 
 def episode_starts(is_first: Any, state: Any) -> torch.Tensor:

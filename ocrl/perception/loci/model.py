@@ -30,7 +30,7 @@ from ocrl.perception.loci.decoder import CascadedDecoder, Composition, SlotImage
 from ocrl.perception.loci.encoder import ObjectEncoder
 from ocrl.perception.loci.layers import gaussian_maps, l0_surrogate
 from ocrl.perception.loci.transition import PerceptGate, SlotTransition
-from ocrl.perception.model import episode_starts
+from ocrl.perception.model import episode_starts, put_streams, take_streams
 from ocrl.slots import PRESENCE_AREA, SlotCodes, pixel_coordinates
 
 STAGES = ("background", "objects", "full")
@@ -46,14 +46,6 @@ class LociSlots:
     gestalt: torch.Tensor
     position: torch.Tensor
     occupancy: torch.Tensor
-
-    def index(self, index: torch.Tensor) -> LociSlots:
-        return LociSlots(*(getattr(self, item.name)[index] for item in fields(self)))
-
-    def put(self, index: torch.Tensor, other: LociSlots) -> LociSlots:
-        return LociSlots(
-            *(getattr(self, item.name).index_copy(0, index, getattr(other, item.name)) for item in fields(self))
-        )
 
 
 @dataclass
@@ -490,19 +482,18 @@ class LociModel(nn.Module):
             if not bool(members.any()):
                 continue
             index = members.nonzero().squeeze(1).to(self.device)
-            part_background = BackgroundOutput(*(getattr(background, item.name)[index] for item in fields(background)))
             part_passes, part_prior, part_hidden, _ = self.frame(
                 frames[index],
-                part_background,
-                prior.index(index),
+                take_streams(background, index),
+                take_streams(prior, index),
                 posterior.position[index],
                 hidden[index],
                 passes,
                 rgb=False,
             )
             last = part_passes[-1]
-            prior = prior.put(index, part_prior)
-            posterior = posterior.put(index, last.slots)
+            prior = put_streams(prior, index, part_prior)
+            posterior = put_streams(posterior, index, last.slots)
             hidden = hidden.index_copy(0, index, part_hidden)
             codes_parts.append((index, self._codes(last, return_masks)))
             composition_parts.append((index, last.composition))
