@@ -34,7 +34,9 @@ from ocrl.world_models import (
     load_world_model,
     train_world_model,
 )
+from ocrl.world_models.codes import perception_fingerprint
 from ocrl.world_models.evaluation import open_loop
+from ocrl.world_models.model import symexp, symlog, two_hot
 from ocrl.wrappers import SlotEncoder
 
 ENV_KWARGS = {"resolution": 32}
@@ -505,7 +507,7 @@ def hand_made_store(tmp_path, perception) -> Path:
     slot component of step t is t. Episode 0 ends with reward 1 and terminates; episode 1 has
     reward 0.5 at steps 3 and 5 and is truncated."""
     from ocrl.data.store import RolloutWriter, _save_npz, episode_file_name, write_atomically
-    from ocrl.world_models.codes import INFO_FILE, perception_fingerprint
+    from ocrl.world_models.codes import INFO_FILE
 
     header = {
         "env_id": "ocrl/ObjectGoal-v0",
@@ -548,9 +550,10 @@ def hand_made_store(tmp_path, perception) -> Path:
 
 def constant_heads(model: SlotWorldModel, reward: float, continue_logit: float) -> SlotWorldModel:
     """The model with its reward and continuation heads fixed to constants."""
+    bins = two_hot(symlog(torch.tensor(reward)), model.reward_bins)
     with torch.no_grad():
         model.step_out[-1].weight.zero_()
-        model.step_out[-1].bias.copy_(torch.tensor([reward, continue_logit]))
+        model.step_out[-1].bias.copy_(torch.cat([torch.log(bins + 1e-12), torch.tensor([continue_logit])]))
     return model.eval()
 
 
@@ -581,6 +584,40 @@ def test_evaluation_on_a_hand_made_store_gives_the_known_answers(tiny_perception
     model = constant_heads(model, reward=0.6, continue_logit=3.0)
     result = evaluate_world_model(model, path, perception, horizons=(1,), context=2, stride=2, progress=False)
     assert result["reward_precision"] == round(2 / 19, 5) and result["reward_recall"] == round(2 / 3, 5)
+
+
+def test_two_hot_codes_a_reward_exactly_and_its_loss_is_least_at_the_true_reward():
+    bins = torch.linspace(-20, 20, 255)
+    values = torch.tensor([0.0, 1.0, -3.5, 1e10, 0.4])
+    weights = two_hot(symlog(values), bins)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(5))
+    assert int((weights > 0).sum(-1).max()) <= 2
+    decoded = symexp((weights * bins).sum(-1))
+    torch.testing.assert_close(decoded[[0, 1, 2, 4]], values[[0, 1, 2, 4]], atol=1e-4, rtol=1e-4)
+    assert decoded[3] == pytest.approx(symexp(torch.tensor(20.0)).item(), rel=1e-4)  # clipped to the last bin
+    model = SlotWorldModel(small_config())
+    logits = torch.log(two_hot(symlog(torch.tensor([1.0])), model.reward_bins) + 1e-12)
+    assert model.reward_loss(logits, torch.tensor([1.0])) < model.reward_loss(logits, torch.tensor([0.0]))
+
+
+def test_rewarded_windows_are_drawn_as_often_as_asked(tiny_perception, tmp_path):
+    perception = ocrl.load_perception(tiny_perception)
+    path = hand_made_store(tmp_path, perception)
+    codes = CodeCache(path / "codes" / perception_fingerprint(perception))
+    generator = np.random.default_rng(0)
+    window = codes.sample(200, 4, generator, reward_fraction=1.0)
+    holds_reward = ((window.rewards != 0) & (window.valid > 0)).any(1)
+    assert bool(holds_reward.all())
+    # each of the 3 rewarded transitions is drawn, at every place in the window
+    places = {(float(window.rewards[row].abs().sum()), int(window.rewards[row].nonzero()[0])) for row in range(200)}
+    assert len({place for _, place in places}) == 4
+
+    def share(reward_fraction: float) -> float:
+        window = codes.sample(2000, 4, generator, reward_fraction=reward_fraction)
+        return float(((window.rewards != 0) & (window.valid > 0)).any(1).float().mean())
+
+    # the asked fraction, plus the windows among the others that hold a reward anyway
+    assert share(0.5) == pytest.approx(0.5 + 0.5 * share(0.0), abs=0.05)
 
 
 def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, tiny_perception):

@@ -227,14 +227,33 @@ class CodeCache:
             torch.from_numpy(valid).float(),
         )
 
-    def sample(self, batch_size: int, length: int, generator: np.random.Generator, end_fraction: float = 0.0) -> Window:
-        """Random windows: episodes drawn in proportion to their length, starts uniform; a
-        fraction ``end_fraction`` of the windows instead end with an episode's last transition,
-        so that rare terminal rewards and terminations are seen often enough to be learned."""
+    def sample(
+        self,
+        batch_size: int,
+        length: int,
+        generator: np.random.Generator,
+        end_fraction: float = 0.0,
+        reward_fraction: float = 0.0,
+    ) -> Window:
+        """Random windows: episodes drawn in proportion to their length, starts uniform. So that
+        rare events are seen often enough to be learned, a fraction ``end_fraction`` of the
+        windows instead end with an episode's last transition (terminations), and a fraction
+        ``reward_fraction`` hold a transition with a non-zero reward, drawn uniformly among them,
+        at a uniform place in the window (none if the data has no reward)."""
         episodes = generator.choice(len(self), size=batch_size, p=self.lengths / self.lengths.sum())
         starts = generator.integers(0, np.maximum(1, self.lengths[episodes] - length + 1))
-        at_end = generator.random(batch_size) < end_fraction
+        kind = generator.random(batch_size)
+        at_end = kind < end_fraction
         starts[at_end] = np.maximum(0, self.lengths[episodes[at_end]] - length)
+        rewarded = np.flatnonzero(self.steps["rewards"].numpy())
+        at_reward = (kind >= end_fraction) & (kind < end_fraction + reward_fraction) & (len(rewarded) > 0)
+        if at_reward.any():
+            step = rewarded[generator.integers(0, len(rewarded), size=int(at_reward.sum()))]
+            chosen = np.searchsorted(self.step_offsets, step, side="right") - 1
+            within = step - self.step_offsets[chosen]
+            place = generator.integers(0, length, size=len(step))
+            episodes[at_reward] = chosen
+            starts[at_reward] = np.clip(within - place, 0, np.maximum(0, self.lengths[chosen] - length))
         return self.windows(episodes, starts, length)
 
 

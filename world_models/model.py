@@ -12,7 +12,9 @@ episode so far.
 From step t the model predicts the codes of step t + 1 (per slot, as a residual on step t's
 codes), the reward of the transition t -> t + 1 and whether the episode continues after it
 (both from the action token, which acts as the step's CLS token: it attends to all slots of
-its step).
+its step). The reward is a distribution over ``reward_bins`` bins evenly spaced in symlog space
+(DreamerV3's two-hot head): a classification loss learns rare rewards far faster than a
+squared error, whatever the rewards' scale; its expected value is the predicted reward.
 
 There is no slot-index embedding: the model is equivariant to permuting the slots (the
 perception model keeps each object in the same slot over time, and a slot's prediction is read
@@ -62,6 +64,8 @@ class WorldModelConfig(JsonConfig):
     num_layers: int = 3
     num_heads: int = 4
     mlp_ratio: int = 2
+    reward_bins: int = 255
+    reward_limit: float = 20.0  # bins span symlog(reward) in [-limit, limit]
 
     def __post_init__(self) -> None:
         if self.action_space.get("type") not in ACTION_TYPES:
@@ -70,6 +74,8 @@ class WorldModelConfig(JsonConfig):
             raise ValueError(f"width {self.width} must be divisible by num_heads {self.num_heads}")
         if min(self.num_slots, self.slot_dim, self.history, self.width, self.num_layers) < 1:
             raise ValueError("num_slots, slot_dim, history, width and num_layers must be positive")
+        if self.reward_bins < 2 or self.reward_limit <= 0:
+            raise ValueError("reward_bins must be at least 2 and reward_limit positive")
 
     @property
     def action_size(self) -> int:
@@ -92,11 +98,13 @@ def action_space_of(config: WorldModelConfig) -> spaces.Space:
 @dataclass
 class WorldModelOutput:
     """Predictions from every step t of a history (B, T): codes of step t + 1, reward of
-    t -> t + 1 and the logit that the episode continues after it."""
+    t -> t + 1 (its expected value and the logits of its bins) and the logit that the episode
+    continues after it."""
 
     codes: SlotCodes
     presence_logits: torch.Tensor  # (B, T, K)
     reward: torch.Tensor  # (B, T)
+    reward_logits: torch.Tensor  # (B, T, reward_bins)
     continue_logits: torch.Tensor  # (B, T)
 
 
@@ -181,11 +189,19 @@ class SlotWorldModel(nn.Module):
         )
         self.norm = nn.LayerNorm(width)
         self.slot_out = nn.Linear(width, config.slot_dim + 4 + 1)
-        self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, 2))  # reward, continue logit
+        # reward bin logits, then the continue logit
+        self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.reward_bins + 1))
         nn.init.zeros_(self.slot_out.weight)  # starts as "nothing changes"
         nn.init.zeros_(self.slot_out.bias)
-        with torch.no_grad():
-            self.step_out[-1].bias[1] = 3.0  # before training: episodes continue (probability 0.95)
+        with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
+            self.step_out[-1].weight.zero_()
+            self.step_out[-1].bias.zero_()
+            self.step_out[-1].bias[-1] = 3.0
+        self.register_buffer(
+            "reward_bins",
+            torch.linspace(-config.reward_limit, config.reward_limit, config.reward_bins),
+            persistent=False,
+        )
         self.register_buffer("slot_mean", torch.zeros(config.slot_dim))
         self.register_buffer("slot_std", torch.ones(config.slot_dim))
         if config.action_space["type"] == "Box":
@@ -254,9 +270,20 @@ class SlotWorldModel(nn.Module):
         position = codes.position + delta[..., dim : dim + 4]
         presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
         step = self.step_out(hidden[..., k, :])
+        reward_logits = step[..., :-1]
+        reward = symexp((reward_logits.softmax(-1) * self.reward_bins).sum(-1))
         return WorldModelOutput(
-            SlotCodes(slots, position, torch.sigmoid(presence_logits)), presence_logits, step[..., 0], step[..., 1]
+            SlotCodes(slots, position, torch.sigmoid(presence_logits)),
+            presence_logits,
+            reward,
+            reward_logits,
+            step[..., -1],
         )
+
+    def reward_loss(self, reward_logits: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+        """(*batch) cross-entropy of the reward bins against the two-hot code of ``rewards``."""
+        target = two_hot(symlog(rewards), self.reward_bins)
+        return -(target * reward_logits.log_softmax(-1)).sum(-1)
 
     def forward(self, codes: SlotCodes, actions: torch.Tensor) -> WorldModelOutput:
         """Predictions from every step of codes with batch dims (B, T) and actions (B, T) or
@@ -308,6 +335,26 @@ class SlotWorldModel(nn.Module):
 
 def build_world_model(config: WorldModelConfig) -> SlotWorldModel:
     return SlotWorldModel(config)
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def two_hot(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """(*batch) values -> (*batch, N) weights on the two bins around each value (clipped to the
+    outer bins), summing to 1, whose weighted mean is the value."""
+    values = values.clamp(bins[0], bins[-1])
+    above = torch.searchsorted(bins, values.contiguous(), right=True).clamp(1, len(bins) - 1)
+    low, high = bins[above - 1], bins[above]
+    weight_high = (values - low) / (high - low)
+    weights = torch.zeros(*values.shape, len(bins), device=values.device, dtype=values.dtype)
+    weights.scatter_(-1, (above - 1)[..., None], (1 - weight_high)[..., None])
+    return weights.scatter_add(-1, above[..., None], weight_high[..., None])
 
 
 def slot_error(predicted: SlotCodes, target: SlotCodes, slot_std: torch.Tensor) -> torch.Tensor:

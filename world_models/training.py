@@ -43,6 +43,7 @@ class WorldModelTrainingConfig:
     batch_size: int = 32
     rollout_steps: int = 3
     end_fraction: float = 0.25  # windows that end with an episode's last transition
+    reward_fraction: float = 0.25  # windows that hold a transition with a non-zero reward
     learning_rate: float = 3e-4
     warmup_steps: int = 200
     final_learning_rate_fraction: float = 0.05
@@ -78,7 +79,7 @@ def window_loss(
         "slots": mean(slot_error(output.codes, targets, model.slot_std)),
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
-        "reward": mean((output.reward - window.rewards).square()),
+        "reward": mean(model.reward_loss(output.reward_logits, window.rewards)),
         "continue": mean(
             F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")
         ),
@@ -167,7 +168,9 @@ def train_world_model(
     def batches(step: int):
         generator = np.random.default_rng([training.seed, process.rank, step])
         while True:
-            yield codes.sample(training.batch_size, config.history, generator, training.end_fraction).to(device)
+            yield codes.sample(
+                training.batch_size, config.history, generator, training.end_fraction, training.reward_fraction
+            ).to(device)
 
     def loss(forward, window: Window, step: int):
         return window_loss(model, window, training, forward=forward)
