@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import ocrl.envs
 from ocrl.agents.extractors import SlotSetExtractor
-from ocrl.agents.ground_truth import GroundTruthObservation
+from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthObservation
 from ocrl.checkpoint import (
     CONFIG_FILE,
     CURVE_FILE,
@@ -77,7 +77,8 @@ class AgentConfig(JsonConfig):
     perception: shipped name or checkpoint path; None: the shipped default (slots only).
     extractor: ``"relation"``, ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
     algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
-    imagination: a world-model checkpoint path: train inside it (slots only), evaluate in the
+    imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
+        objects with an oracle world model), evaluate in the
         real env.
     """
 
@@ -101,8 +102,8 @@ class AgentConfig(JsonConfig):
             raise ValueError(f"unknown observation {self.observation!r}; known: {', '.join(OBSERVATIONS)}")
         if self.perception is not None and self.observation != "slots":
             raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
-        if self.imagination is not None and self.observation != "slots":
-            raise ValueError(f"agents train in imagination on slot codes, not on {self.observation!r}")
+        if self.imagination is not None and self.observation == "pixels":
+            raise ValueError("agents train in imagination on slot codes or ground-truth objects, not on pixels")
 
 
 def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
@@ -141,9 +142,11 @@ def make_imagination_env(
 
     model = load_world_model(config.imagination, device=device)
     world = model.config
-    if (config.perception or ocrl.DEFAULT_PERCEPTION) != world.perception:
+    reads = GROUND_TRUTH if config.observation == "ground_truth" else config.perception or ocrl.DEFAULT_PERCEPTION
+    if reads != world.perception:
+        fix = "--observation ground_truth" if world.perception == GROUND_TRUTH else f"--perception {world.perception}"
         raise OcrlError(
-            f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {config.perception or ocrl.DEFAULT_PERCEPTION!r}; pass --perception {world.perception}"
+            f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {reads!r}; pass {fix}"
         )
     if sorted(config.keys) != ["position", "presence", "slots"]:
         raise OcrlError(f"imagined observations hold slots, position and presence; the agent reads {config.keys}")
@@ -156,9 +159,7 @@ def make_imagination_env(
         raise OcrlError(
             f"{config.env_id} acts in {action_space}, the world model {config.imagination} in {world.action_space}"
         )
-    starts = starts_from_env(
-        model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=config.perception
-    )
+    starts = starts_from_env(model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=reads)
     return ImaginationVecEnv(model, starts, num_envs=num_envs, seed=seed)
 
 

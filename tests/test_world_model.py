@@ -392,6 +392,49 @@ def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_mode
         AgentConfig(observation="pixels", imagination=world_model)
 
 
+def test_oracle_world_model_learns_true_objects_and_teaches_a_ground_truth_agent(store, tmp_path, capsys):
+    from ocrl.agents import AgentConfig, GroundTruthObservation, train_agent
+
+    out = tmp_path / "oracle"
+    train_world_model(
+        store.path,
+        out,
+        "ground_truth",
+        model_config={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        training=WorldModelTrainingConfig(steps=2, batch_size=4, rollout_steps=2),
+        progress=False,
+    )
+    # the cached codes are the rows the oracle agent sees, frame by frame
+    codes = CodeCache(next((Path(store.path) / "codes").glob("ground-truth-*")))
+    env = GroundTruthObservation(ocrl.envs.make("ocrl/ObjectGoal-v0", **ENV_KWARGS))
+    episode = store.episode(1)
+    seen = [env.reset(seed=episode.seed)[0]] + [env.step(action)[0] for action in episode.actions]
+    start = codes.frame_offsets[1]
+    for key in ("slots", "position", "presence"):
+        got = codes.frames[key][start : start + episode.length + 1].numpy()
+        np.testing.assert_allclose(got, np.stack([step[key] for step in seen]), atol=1e-6)
+    agent = AgentConfig(
+        env_id="ocrl/ObjectGoal-v0",
+        observation="ground_truth",
+        env_kwargs=ENV_KWARGS,
+        imagination=str(out),
+        algo_kwargs={"n_steps": 16, "batch_size": 32},
+    )
+    metrics = train_agent(agent, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
+    assert metrics["episodes"] == 2
+    capsys.readouterr()
+    assert main(["eval-world-model", str(out), "--data", str(store.path), "--horizons", "1", "--context", "2"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert "slot_mse" in scores["open_loop"]["1"] and "psnr" not in scores["open_loop"]["1"]  # rows, no decoder
+    with pytest.raises(OcrlError, match="--observation ground_truth"):
+        train_agent(
+            AgentConfig(env_id="ocrl/ObjectGoal-v0", env_kwargs=ENV_KWARGS, imagination=str(out)),
+            tmp_path / "slots",
+            steps=16,
+            progress=False,
+        )
+
+
 def test_cli_trains_and_evaluates_a_world_model(store, tiny_perception, tmp_path, capsys):
     out = tmp_path / "world"
     arguments = [

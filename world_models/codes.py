@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthCodes
 from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.files import write_atomically
@@ -39,9 +40,22 @@ STEP_KEYS = ("actions", "rewards", "terminated", "truncated")
 INFO_FILE = "info.json"
 
 
-def perception_fingerprint(model: torch.nn.Module) -> str:
+def code_source(perception: str, store: RolloutStore, device: str | torch.device | None = None) -> Any:
+    """What makes a store's codes: the perception model ``perception`` names (shipped name or
+    checkpoint) or, for ``"ground_truth"``, the store's recorded objects
+    (:class:`~ocrl.agents.ground_truth.GroundTruthCodes`)."""
+    from ocrl.perception.encoder import resolve_model
+
+    if perception == GROUND_TRUTH:
+        return GroundTruthCodes(store.env_id, store.header.get("env_kwargs", {}))
+    return resolve_model(perception, device)
+
+
+def perception_fingerprint(model: torch.nn.Module | GroundTruthCodes) -> str:
     """Hex digest (16 characters) of a perception model's weights: their names, shapes and
     values, which tell its architecture and training apart."""
+    if isinstance(model, GroundTruthCodes):
+        return model.fingerprint
     digest = hashlib.sha256(f"{type(model).__name__} {model.resolution}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
@@ -55,7 +69,7 @@ def default_cache(store: RolloutStore, model: torch.nn.Module) -> Path:
 
 @torch.no_grad()
 def encode_store(
-    model: torch.nn.Module,
+    model: torch.nn.Module | GroundTruthCodes,
     store: RolloutStore | str | os.PathLike,
     cache: str | os.PathLike | None = None,
     perception: str | None = None,
@@ -65,7 +79,8 @@ def encode_store(
     """Encode every episode of ``store`` into ``cache`` (default :func:`default_cache`); returns it.
 
     ``perception`` (the model's shipped name or path) is recorded in info.json. Episodes are
-    encoded ``episodes_per_batch`` at a time in one batched forward per frame.
+    encoded ``episodes_per_batch`` at a time in one batched forward per frame;
+    :class:`~ocrl.agents.ground_truth.GroundTruthCodes` reads the recorded objects instead.
     """
     store = store if isinstance(store, RolloutStore) else RolloutStore.open(store)
     fingerprint = perception_fingerprint(model)
@@ -99,8 +114,10 @@ def encode_store(
         for start in range(0, len(todo), episodes_per_batch):
             chunk = todo[start : start + episodes_per_batch]
             episodes = [store.episode(i) for i in chunk]
-            videos = [episode.frames() for episode in episodes]
-            codes = encode_videos(model, videos)
+            if isinstance(model, GroundTruthCodes):
+                codes = [model.episode_codes(episode) for episode in episodes]
+            else:
+                codes = encode_videos(model, [episode.frames() for episode in episodes])
             for index, episode, episode_codes in zip(chunk, episodes, codes):
                 arrays = {
                     **episode_codes,

@@ -14,6 +14,9 @@ the codes the perception model gives the real frames, next to the copy-last-stat
 - ``fg_ari``: per-frame FG-ARI of the decoded masks against ground-truth masks (when the store
   has them).
 
+An oracle world model (perception ``"ground_truth"``) is scored on its rows only: they have no
+decoder to draw frames with.
+
 One step, teacher-forced over every transition: ``reward_mse``; ``reward_precision`` and
 ``reward_recall`` on rewarded transitions (a prediction is snapped to the nearest of 0 and the
 reward values seen in the data; precision: of the transitions predicted rewarded, the fraction
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ocrl import metrics
+from ocrl.agents.ground_truth import GroundTruthCodes
 from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.perception.frames import prepare_frames
@@ -73,7 +77,7 @@ def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def evaluate_world_model(
     model: SlotWorldModel,
     data: str | os.PathLike | RolloutStore,
-    perception: torch.nn.Module,
+    perception: torch.nn.Module | GroundTruthCodes,
     horizons: Sequence[int] = (1, 5, 10),
     context: int = 4,
     stride: int = 20,
@@ -112,6 +116,7 @@ def evaluate_world_model(
     if max_windows is not None and len(starts) > max_windows:
         starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
     has_masks = "masks" in store.ground_truth_keys
+    decodes = not isinstance(perception, GroundTruthCodes)
     sums: dict[str, np.ndarray] = {}
     slot_std = model.slot_std
     for first in tqdm(range(0, len(starts), batch_size), desc="open loop", unit="batch", disable=not progress):
@@ -129,30 +134,31 @@ def evaluate_world_model(
             "position_mse": position_error(predicted, target),
             "position_mse_copy_last": position_error(copied, target),
         }
-        frames = np.stack([store.episode(e).frames(s + context, s + context + horizon) for e, s in chunk])
-        real = prepare_frames(
-            frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True
-        )
-        decoded = {
-            name: perception.decode(value.slots.flatten(0, 1).to(perception.device))
-            for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))
-        }
-        for name, output in decoded.items():
-            scores[f"psnr{name}"] = psnr(output.reconstruction.float().clamp(0, 1), real).view(len(chunk), horizon)
-        if has_masks:
-            true_masks = np.stack(
-                [
-                    store.episode(e).ground_truth(s + context, s + context + horizon, keys=["masks"])["masks"]
-                    for e, s in chunk
-                ]
+        if decodes:  # a perception decoder to draw the codes with (the oracle's rows have none)
+            frames = np.stack([store.episode(e).frames(s + context, s + context + horizon) for e, s in chunk])
+            real = prepare_frames(
+                frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True
             )
-            true_masks = torch.from_numpy(true_masks).flatten(0, 1)[:, None].float()
-            true_masks = F.interpolate(true_masks, size=(perception.resolution,) * 2, mode="nearest")[:, 0].long()
+            decoded = {
+                name: perception.decode(value.slots.flatten(0, 1).to(perception.device))
+                for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))
+            }
             for name, output in decoded.items():
-                ari = metrics.fg_ari(true_masks.to(output.masks.device), output.masks.float(), video=False).view(
-                    len(chunk), horizon
+                scores[f"psnr{name}"] = psnr(output.reconstruction.float().clamp(0, 1), real).view(len(chunk), horizon)
+            if has_masks:
+                true_masks = np.stack(
+                    [
+                        store.episode(e).ground_truth(s + context, s + context + horizon, keys=["masks"])["masks"]
+                        for e, s in chunk
+                    ]
                 )
-                scores[f"fg_ari{name}"] = ari
+                true_masks = torch.from_numpy(true_masks).flatten(0, 1)[:, None].float()
+                true_masks = F.interpolate(true_masks, size=(perception.resolution,) * 2, mode="nearest")[:, 0].long()
+                for name, output in decoded.items():
+                    ari = metrics.fg_ari(true_masks.to(output.masks.device), output.masks.float(), video=False).view(
+                        len(chunk), horizon
+                    )
+                    scores[f"fg_ari{name}"] = ari
         for name, values in scores.items():
             values = values.double().cpu().numpy()
             sums[name] = sums.get(name, np.zeros(horizon)) + np.nansum(values, 0)

@@ -25,13 +25,15 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
+from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthCodes, GroundTruthObservation, ground_truth_space
 from ocrl.device import default_device
 from ocrl.slots import CODE_KEYS, SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
 
 
-def check_pairing(world_model: SlotWorldModel, perception: torch.nn.Module) -> None:
-    """Raise ValueError unless ``perception`` makes codes of the world model's slot shape."""
+def check_pairing(world_model: SlotWorldModel, perception: Any) -> None:
+    """Raise ValueError unless ``perception`` (a perception model or ground-truth code source)
+    makes codes of the world model's slot shape."""
     config = world_model.config
     if (perception.num_slots, perception.slot_dim) != (config.num_slots, config.slot_dim):
         raise ValueError(
@@ -50,15 +52,22 @@ def starts_from_env(
 ) -> dict[str, np.ndarray]:
     """Codes (N, K, ...) of the first frames of ``count`` real episodes (reset seeds ``seed``..).
 
-    The env defaults to the one the world model was trained on, the perception model to its own.
+    The env defaults to the one the world model was trained on, the perception model to its own
+    (the oracle world model's first codes are the env's true objects).
     """
     import ocrl.envs
     from ocrl.wrappers import ObjectCentricObservation
 
     config = world_model.config
-    env = ocrl.envs.make(env_id or config.env_id, **(config.env_kwargs if env_kwargs is None else env_kwargs))
-    env = ObjectCentricObservation(env, model=perception or config.perception, device=world_model.device)
-    check_pairing(world_model, env.perception)
+    env_id = env_id or config.env_id
+    env_kwargs = config.env_kwargs if env_kwargs is None else env_kwargs
+    env = ocrl.envs.make(env_id, **env_kwargs)
+    if (perception or config.perception) == GROUND_TRUTH:
+        check_pairing(world_model, GroundTruthCodes(env_id, env_kwargs))
+        env = GroundTruthObservation(env)
+    else:
+        env = ObjectCentricObservation(env, model=perception or config.perception, device=world_model.device)
+        check_pairing(world_model, env.perception)
     try:
         codes = [env.reset(seed=seed + index)[0] for index in range(count)]
     finally:
@@ -159,7 +168,11 @@ class ImaginationVecEnv(VecEnv):
             raise ValueError(
                 f"start slots must be (N, {config.num_slots}, {config.slot_dim}), got {starts['slots'].shape}"
             )
-        space = observation_space(config.num_slots, config.slot_dim)
+        # the space of the real env the agent will act in: the oracle's bounded rows, or slot codes
+        if config.perception == GROUND_TRUTH:
+            space = ground_truth_space(config.num_slots)
+        else:
+            space = observation_space(config.num_slots, config.slot_dim)
         super().__init__(num_envs, space, action_space_of(config))
         self.starts = starts
         self.max_episode_steps = max_episode_steps or _time_limit(config.env_id)

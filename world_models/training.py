@@ -31,7 +31,7 @@ from ocrl.errors import OcrlError
 from ocrl.fit import fit, resume_or_build, start_process
 from ocrl.preflight import preflight
 from ocrl.slots import SlotCodes
-from ocrl.world_models.codes import CodeCache, Window, encode_store
+from ocrl.world_models.codes import CodeCache, Window, code_source, encode_store
 from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, position_error, slot_error
 
 
@@ -122,13 +122,13 @@ def train_world_model(
     """Train (or resume) a world model on rollout store ``data`` into checkpoint ``out``.
 
     Args:
-        perception: shipped name or checkpoint path (default: the shipped default model).
+        perception: shipped name or checkpoint path (default: the shipped default model), or
+            ``"ground_truth"``: the store's recorded objects (the oracle world model).
         model_config: overrides of :class:`WorldModelConfig` fields (``history``, ``width``, ...).
         training: :class:`WorldModelTrainingConfig` (default: its defaults).
         cache: where the codes are cached (default ``DATA/codes/<perception fingerprint>``).
     """
     import ocrl
-    from ocrl.perception.encoder import resolve_model
 
     preflight(checkpoint=out, stores=[data], stores_need_actions=True, device=device)
     training = training or WorldModelTrainingConfig()
@@ -139,7 +139,7 @@ def train_world_model(
     process = start_process(device)
     device = process.device
     reference = perception or ocrl.DEFAULT_PERCEPTION
-    perception_model = resolve_model(reference, device)
+    perception_model = code_source(reference, store, device)
     cache_dir = (
         encode_store(perception_model, store, cache, perception=reference, progress=progress and process.rank == 0)
         if process.rank == 0

@@ -13,7 +13,6 @@ from ocrl.cli.common import (
     add_json_out,
     add_perception,
     add_tensorboard,
-    load_perception,
     non_negative_int,
     perception_reference,
     positive_int,
@@ -106,14 +105,17 @@ def add_eval_world_model(subparsers) -> None:
 
 
 def run_eval_world_model(args: argparse.Namespace) -> int:
+    from ocrl.data.store import RolloutStore
+    from ocrl.device import default_device
     from ocrl.preflight import preflight
     from ocrl.world_models import evaluate_world_model, load_world_model
+    from ocrl.world_models.codes import code_source
 
     preflight(stores=[args.data], stores_need_actions=True, device=args.device, output_file=args.out)
 
     def evaluate():
         model = load_world_model(args.world_model, device=args.device)
-        perception = load_perception(model.config.perception, args.device)
+        perception = code_source(model.config.perception, RolloutStore.open(args.data), args.device or default_device())
         return evaluate_world_model(
             model,
             args.data,
