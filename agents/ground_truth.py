@@ -112,8 +112,6 @@ class GroundTruthCodes:
     :class:`GroundTruthObservation` gives an agent in ``env_id``.
     """
 
-    reference = GROUND_TRUTH
-
     def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None = None):
         import ocrl.envs
 
