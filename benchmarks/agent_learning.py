@@ -5,7 +5,8 @@ held-out episodes every ``--every`` steps. One PNG per task (mean and min-max ov
     .venv/bin/python benchmarks/agent_learning.py --env ocrl/ObjectGoal-v0 --steps 200000 --seeds 0 1 2 --out runs/learning
 
 Observation ``imagination`` is slot-code PPO trained only inside the world model ``--imagination``
-(the same number of imagined steps) and evaluated in the real env. ``--env-kwargs`` (JSON) changes
+(the same number of imagined steps) and evaluated in the real env; with an oracle world model
+(``--perception ground_truth`` in ``ocrl train-world-model``) it is the ground-truth agent. ``--env-kwargs`` (JSON) changes
 the task, e.g. ``'{"colours": "ood"}'``; ``--perception`` picks the model behind the slot codes; ``--extractor`` and ``--algo-kwargs`` compare policies and
 PPO settings (use a new ``--out`` for each). Agents land in OUT/<env>/<observation>-<seed> (rerunning
 resumes them and skips finished ones); the table goes to stdout, pictures to OUT/<env>.png.
@@ -22,7 +23,7 @@ import numpy as np
 
 from ocrl.agents import AgentConfig, evaluate_policy_in_env, make_vec_env, train_agent
 from ocrl.agents.training import CURVE_FILE, read_curve
-from ocrl.checkpoint import load_metrics
+from ocrl.checkpoint import load_metrics, read_checkpoint_config
 
 COLOURS = {"slots": "tab:blue", "pixels": "tab:red", "ground_truth": "tab:green", "imagination": "tab:purple"}
 
@@ -39,8 +40,13 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
             "perception": args.perception,
         }
         if observation == "imagination":
+            # an oracle world model (perception ground_truth) teaches the ground-truth agent
+            world = read_checkpoint_config(args.imagination)[0]
+            reads = "ground_truth" if world.perception == "ground_truth" else "slots"
+            if reads == "ground_truth":
+                kwargs.pop("perception")
             config = AgentConfig(
-                env_id=env_id, observation="slots", imagination=str(Path(args.imagination).resolve()), **kwargs
+                env_id=env_id, observation=reads, imagination=str(Path(args.imagination).resolve()), **kwargs
             )
         else:
             config = AgentConfig(env_id=env_id, observation=observation, **kwargs)
