@@ -595,8 +595,8 @@ def constant_heads(model: SlotWorldModel, reward: float, continue_logit: float) 
     """The model with its reward and continuation heads fixed to constants."""
     bins = two_hot(symlog(torch.tensor(reward)), model.reward_bins)
     with torch.no_grad():
-        model.step_out[-1].weight.zero_()
-        model.step_out[-1].bias.copy_(torch.cat([torch.log(bins + 1e-12), torch.tensor([continue_logit])]))
+        model.outcome_head.out[-1].weight.zero_()
+        model.outcome_head.out[-1].bias.copy_(torch.cat([torch.log(bins + 1e-12), torch.tensor([continue_logit])]))
     return model.eval()
 
 

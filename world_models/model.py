@@ -10,11 +10,15 @@ stepping with the cache gives exactly what :meth:`SlotWorldModel.forward` gives 
 episode so far.
 
 From step t the model predicts the codes of step t + 1 (per slot, as a residual on step t's
-codes), the reward of the transition t -> t + 1 and whether the episode continues after it
-(both from the action token, which acts as the step's CLS token: it attends to all slots of
-its step). The reward is a distribution over ``reward_bins`` bins evenly spaced in symlog space
-(DreamerV3's two-hot head): a classification loss learns rare rewards far faster than a
-squared error, whatever the rewards' scale; its expected value is the predicted reward.
+codes); the reward of the transition t -> t + 1 and whether the episode continues after it are
+read from those predicted codes by :class:`OutcomeHead`, a relation network over pairs of
+slots: what ends an object task is a relation between objects in the state a move leads to (the
+agent touching the target), which pairs of positions show directly and a pooled token does not
+(measured: a head on the action token found 4% of held-out ObjectGoal rewards even on true
+object states). As in Dreamer, reward and continuation are functions of the state reached. The
+reward is a distribution over ``reward_bins`` bins evenly spaced in symlog space (DreamerV3's
+two-hot head): a classification loss learns rare rewards far faster than a squared error,
+whatever the rewards' scale; its expected value is the predicted reward.
 
 There is no slot-index embedding: the model is equivariant to permuting the slots (the
 perception model keeps each object in the same slot over time, and a slot's prediction is read
@@ -167,6 +171,39 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class OutcomeHead(nn.Module):
+    """Reward bins and the continue logit of a transition from the codes it leads to: each pair
+    of slots (i, j) is encoded from both tokens and the offset between their positions, and the
+    pairs' features are max-pooled over present slots (see the module doc)."""
+
+    def __init__(self, config: WorldModelConfig, width: int = 64):
+        super().__init__()
+        token = config.slot_dim + 4 + 1
+        # the pair MLP's first layer, split into its parts, each computed once per slot
+        self.first = nn.Linear(token, width)
+        self.second = nn.Linear(token, width, bias=False)
+        self.relative = nn.Linear(2, width, bias=False)
+        self.pair = nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.out = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.reward_bins + 1))
+        with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
+            self.out[-1].weight.zero_()
+            self.out[-1].bias.zero_()
+            self.out[-1].bias[-1] = 3.0
+
+    def forward(self, tokens: torch.Tensor, position: torch.Tensor, presence: torch.Tensor) -> torch.Tensor:
+        """tokens (*batch, K, slot_dim + 5), position (*batch, K, 4), presence (*batch, K) ->
+        (*batch, reward_bins + 1)."""
+        xy = position[..., :2]
+        pairs = (
+            self.first(tokens)[..., :, None, :]
+            + self.second(tokens)[..., None, :, :]
+            + self.relative(xy[..., None, :, :] - xy[..., :, None, :])
+        )
+        weight = presence[..., :, None] * presence[..., None, :]
+        pooled = (self.pair(pairs) * weight[..., None]).amax(dim=(-3, -2))
+        return self.out(pooled)
+
+
 class SlotWorldModel(nn.Module):
     """See the module doc. Inputs and outputs are raw slot codes; actions are integer indices
     (Discrete) or float vectors (Box)."""
@@ -189,14 +226,9 @@ class SlotWorldModel(nn.Module):
         )
         self.norm = nn.LayerNorm(width)
         self.slot_out = nn.Linear(width, config.slot_dim + 4 + 1)
-        # reward bin logits, then the continue logit
-        self.step_out = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.reward_bins + 1))
         nn.init.zeros_(self.slot_out.weight)  # starts as "nothing changes"
         nn.init.zeros_(self.slot_out.bias)
-        with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
-            self.step_out[-1].weight.zero_()
-            self.step_out[-1].bias.zero_()
-            self.step_out[-1].bias[-1] = 3.0
+        self.outcome_head = OutcomeHead(config)
         self.register_buffer(
             "reward_bins",
             torch.linspace(-config.reward_limit, config.reward_limit, config.reward_bins),
@@ -247,12 +279,20 @@ class SlotWorldModel(nn.Module):
                 f"codes hold {codes.num_slots} slots of {codes.slot_dim}; the world model takes {self.config.num_slots} of {self.config.slot_dim}"
             )
 
+    def _slot_features(self, codes: SlotCodes) -> torch.Tensor:
+        """(*batch, K, slot_dim + 5): standardised slot vector, position and presence."""
+        normalised = (codes.slots - self.slot_mean) / self.slot_std
+        return torch.cat([normalised, codes.position, codes.presence[..., None]], -1)
+
+    def outcome(self, codes: SlotCodes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reward logits (*batch, reward_bins) and continue logit (*batch) of the transitions
+        that lead to ``codes``."""
+        logits = self.outcome_head(self._slot_features(codes), codes.position, codes.presence)
+        return logits[..., :-1], logits[..., -1]
+
     def _tokens(self, codes: SlotCodes, actions: torch.Tensor) -> torch.Tensor:
         """codes (B, T), actions (B, T, ...) -> tokens (B, T, K + 1, width)."""
-        normalised = (codes.slots - self.slot_mean) / self.slot_std
-        slot_tokens = (
-            self.slot_in(torch.cat([normalised, codes.position, codes.presence[..., None]], -1)) + self.token_type[0]
-        )
+        slot_tokens = self.slot_in(self._slot_features(codes)) + self.token_type[0]
         action_tokens = self.embed_actions(actions)[:, :, None] + self.token_type[1]
         return torch.cat([slot_tokens, action_tokens], 2)
 
@@ -269,16 +309,10 @@ class SlotWorldModel(nn.Module):
         slots = codes.slots + delta[..., :dim] * self.slot_std
         position = codes.position + delta[..., dim : dim + 4]
         presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
-        step = self.step_out(hidden[..., k, :])
-        reward_logits = step[..., :-1]
+        predicted = SlotCodes(slots, position, torch.sigmoid(presence_logits))
+        reward_logits, continue_logits = self.outcome(predicted)
         reward = symexp((reward_logits.softmax(-1) * self.reward_bins).sum(-1))
-        return WorldModelOutput(
-            SlotCodes(slots, position, torch.sigmoid(presence_logits)),
-            presence_logits,
-            reward,
-            reward_logits,
-            step[..., -1],
-        )
+        return WorldModelOutput(predicted, presence_logits, reward, reward_logits, continue_logits)
 
     def reward_loss(self, reward_logits: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """(*batch) cross-entropy of the reward bins against the two-hot code of ``rewards``."""

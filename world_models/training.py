@@ -5,7 +5,8 @@
 ``history`` transitions:
 
 - teacher forcing: from the true codes of steps 0..t, predict step t + 1, the reward and the
-  continuation of every transition of the window;
+  continuation of every transition of the window (read from the predicted and from the true
+  codes of step t + 1);
 - open loop: from the true codes of the first ``history - rollout_steps`` steps, feed the
   model its own predictions for ``rollout_steps`` more steps (gradients flow through them), so
   that it learns to stay on track when imagination feeds it its own output.
@@ -79,13 +80,21 @@ def window_loss(
         "slots": mean(slot_error(output.codes, targets, model.slot_std)),
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
-        "reward": mean(model.reward_loss(output.reward_logits, window.rewards)),
-        "continue": mean(
-            F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")
-        ),
     }
+    # reward and continuation read from the predicted codes (as imagination reads them) and from
+    # the true ones (a clean signal while the predictions are poor)
+    true_reward_logits, true_continue_logits = model.outcome(targets)
+    for name, (reward_logits, continue_logits) in {
+        "": (output.reward_logits, output.continue_logits),
+        "_true_codes": (true_reward_logits, true_continue_logits),
+    }.items():
+        terms[f"reward{name}"] = mean(model.reward_loss(reward_logits, window.rewards))
+        terms[f"continue{name}"] = mean(
+            F.binary_cross_entropy_with_logits(continue_logits, window.continues, reduction="none")
+        )
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
-    loss = loss + training.reward_weight * terms["reward"] + training.continue_weight * terms["continue"]
+    loss = loss + training.reward_weight * (terms["reward"] + terms["reward_true_codes"]) / 2
+    loss = loss + training.continue_weight * (terms["continue"] + terms["continue_true_codes"]) / 2
 
     context = max(1, steps - training.rollout_steps)
     if context < steps:
