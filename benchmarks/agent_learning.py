@@ -38,6 +38,7 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
             "algo_kwargs": json.loads(args.algo_kwargs or "{}"),
             "extractor": args.extractor,
             "perception": args.perception,
+            "algo": args.algo,
         }
         if observation == "imagination":
             # an oracle world model (perception ground_truth) teaches the ground-truth agent
@@ -112,8 +113,9 @@ def main() -> None:
     parser.add_argument(
         "--extractor", default="relation", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)"
     )
+    parser.add_argument("--algo", default="ppo", help="SB3 algorithm (ocrl.agents.training.ALGORITHMS)")
     parser.add_argument(
-        "--algo-kwargs", help="JSON over the PPO defaults of ocrl train-agent, e.g. '{\"batch_size\": 512}'"
+        "--algo-kwargs", help="JSON over the algorithm's defaults in ocrl train-agent, e.g. '{\"batch_size\": 512}'"
     )
     parser.add_argument("--perception", help="perception model of observation 'slots' (shipped name or checkpoint)")
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")

@@ -173,8 +173,9 @@ class AttentionBlock(nn.Module):
 
 class OutcomeHead(nn.Module):
     """Reward bins and the continue logit of a transition from the codes it leads to: each pair
-    of slots (i, j) is encoded from both tokens and the offset between their positions, and the
-    pairs' features are max-pooled over present slots (see the module doc)."""
+    of distinct slots (i, j) is encoded from both tokens and the offset and distance between
+    their positions, and the pairs' features are max-pooled over present slots (see the module
+    doc)."""
 
     def __init__(self, config: WorldModelConfig, width: int = 64):
         super().__init__()
@@ -182,7 +183,7 @@ class OutcomeHead(nn.Module):
         # the pair MLP's first layer, split into its parts, each computed once per slot
         self.first = nn.Linear(token, width)
         self.second = nn.Linear(token, width, bias=False)
-        self.relative = nn.Linear(2, width, bias=False)
+        self.relative = nn.Linear(3, width, bias=False)
         self.pair = nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU())
         self.out = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.reward_bins + 1))
         with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
@@ -194,12 +195,12 @@ class OutcomeHead(nn.Module):
         """tokens (*batch, K, slot_dim + 5), position (*batch, K, 4), presence (*batch, K) ->
         (*batch, reward_bins + 1)."""
         xy = position[..., :2]
-        pairs = (
-            self.first(tokens)[..., :, None, :]
-            + self.second(tokens)[..., None, :, :]
-            + self.relative(xy[..., None, :, :] - xy[..., :, None, :])
-        )
-        weight = presence[..., :, None] * presence[..., None, :]
+        offset = xy[..., None, :, :] - xy[..., :, None, :]
+        relative = torch.cat([offset, offset.norm(dim=-1, keepdim=True)], -1)
+        pairs = self.first(tokens)[..., :, None, :] + self.second(tokens)[..., None, :, :] + self.relative(relative)
+        # a slot paired with itself sits at distance 0, which would look like a touch
+        distinct = 1 - torch.eye(presence.shape[-1], device=presence.device)
+        weight = presence[..., :, None] * presence[..., None, :] * distinct
         pooled = (self.pair(pairs) * weight[..., None]).amax(dim=(-3, -2))
         return self.out(pooled)
 
