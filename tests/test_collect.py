@@ -227,7 +227,7 @@ def test_manifest_records_the_collection(tmp_path):
 
 def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys):
     import ocrl.envs
-    from ocrl.agents import AgentConfig, load_agent, train_agent
+    from ocrl.agents import AgentConfig, GroundTruthObservation, load_agent, train_agent
     from ocrl.cli import main
     from ocrl.wrappers import ObjectCentricObservation
 
@@ -275,6 +275,14 @@ def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys)
         algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1},
     )
     train_agent(oracle, tmp_path / "oracle", steps=32, num_envs=1, eval_episodes=1, progress=False)
+    # a ground-truth agent acts on the objects the env reports
     arguments[arguments.index(str(tmp_path / "agent"))] = str(tmp_path / "oracle")
-    assert main([*arguments[:-1], str(tmp_path / "other")]) == 2
-    assert "ground-truth objects" in capsys.readouterr().err
+    assert main([*arguments[:-1], str(tmp_path / "oracle-store")]) == 0, capsys.readouterr().err
+    policy, _ = load_agent(tmp_path / "oracle")
+    env = GroundTruthObservation(ocrl.envs.make(ENV_ID, **ENV_KWARGS))
+    for position in range(2):
+        observation, _ = env.reset(seed=7 + position)
+        for stored in RolloutStore.open(tmp_path / "oracle-store").episode(position).actions:
+            action, _ = policy.predict({key: value[None] for key, value in observation.items()}, deterministic=True)
+            assert action[0] == stored
+            observation, *_ = env.step(action[0])

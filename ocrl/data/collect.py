@@ -258,8 +258,9 @@ def _run(
     # a copy of the action space per sub-env, reseeded for each episode: the random policy
     action_samplers = [copy.deepcopy(action_space) for _ in range(num_envs)]
 
-    # what a policy acting on frames needs: each sub-env's latest frame and whether it begins an episode
-    frames: list[np.ndarray | None] = [None] * num_envs
+    # what an agent acting on frames or objects needs: each sub-env's latest record (frame and
+    # ground truth) and whether it begins an episode
+    records: list[RecordedFrame | None] = [None] * num_envs
     is_first = np.ones(num_envs, dtype=bool)
 
     def start(mask: np.ndarray, first: bool = False):
@@ -273,7 +274,7 @@ def _run(
         options = None if first else {"reset_mask": mask}
         observations, infos = envs.reset(seed=seeds, options=options)
         for slot in np.flatnonzero(mask):
-            frames[slot] = infos[_RECORD_KEY][slot].frame
+            records[slot] = infos[_RECORD_KEY][slot]
             is_first[slot] = True
             if running[slot] is not None:
                 running[slot].add_frame(infos[_RECORD_KEY][slot])
@@ -284,9 +285,9 @@ def _run(
         if act is None:
             actions = np.stack([sampler.sample() for sampler in action_samplers])
         else:
-            actions = act(observations, np.stack(frames), is_first.copy())
+            actions = act(observations, records, is_first.copy())
         observations, rewards, terminated, truncated, infos = envs.step(actions)
-        frames = [record.frame for record in infos[_RECORD_KEY]]
+        records = list(infos[_RECORD_KEY])
         is_first[:] = False
         for slot, buffer in enumerate(running):
             if buffer is None:

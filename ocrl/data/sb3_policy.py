@@ -52,16 +52,17 @@ class Sb3Policy:
         self.deterministic = deterministic
         self.description = description
 
-    def __call__(self, observations, frames=None, is_first=None) -> np.ndarray:
+    def __call__(self, observations, records=None, is_first=None) -> np.ndarray:
         actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
         return actions
 
 
 class AgentPolicy:
-    """``policy(observations, frames, is_first) -> actions`` for an ocrl agent checkpoint (a
-    directory from ``ocrl train-agent``): pixel agents act on the observed frames, slot agents
-    on the codes of their perception model, encoded here batch by batch with each sub-env's
-    episode start (``is_first``)."""
+    """``policy(observations, records, is_first) -> actions`` for an ocrl agent checkpoint (a
+    directory from ``ocrl train-agent``), with ``records`` each sub-env's latest
+    :class:`~ocrl.data.collect.RecordedFrame`: pixel agents act on the observed frames, slot
+    agents on the codes of their perception model, encoded here batch by batch with each
+    sub-env's episode start (``is_first``), ground-truth agents on the recorded objects."""
 
     def __init__(self, path: str | Path, env_id: str, env: gym.Env, deterministic: bool = False):
         from ocrl.agents import load_agent
@@ -70,10 +71,6 @@ class AgentPolicy:
         self.policy, self.config = load_agent(path, device="cpu")
         if self.config.env_id != env_id:
             raise OcrlError(f"{path} is an agent of {self.config.env_id}, not of {env_id}")
-        if self.config.observation == "ground_truth":
-            raise OcrlError(
-                f"{path} acts on ground-truth objects, which collect does not compute; collect with a slot or pixel agent"
-            )
         if self.config.observation == "pixels" and not (
             isinstance(env.observation_space, gym.spaces.Box)
             and env.observation_space.shape
@@ -91,15 +88,23 @@ class AgentPolicy:
             "deterministic": deterministic,
         }
 
-    def __call__(self, observations, frames=None, is_first=None) -> np.ndarray:
+    def __call__(self, observations, records=None, is_first=None) -> np.ndarray:
         if self.config.observation == "slots":
             from ocrl.wrappers import SlotEncoder
 
-            if self.encoder is None or self.encoder.num_streams != len(frames):
+            if self.encoder is None or self.encoder.num_streams != len(records):
                 self.encoder = SlotEncoder(
-                    self.config.perception, num_streams=len(frames), keys=self.config.keys, device="cpu"
+                    self.config.perception, num_streams=len(records), keys=self.config.keys, device="cpu"
                 )
-            observations = self.encoder.encode(frames, is_first)
+            observations = self.encoder.encode(np.stack([record.frame for record in records]), is_first)
+        elif self.config.observation == "ground_truth":
+            from ocrl.agents.ground_truth import object_rows
+
+            if any(record.ground_truth is None for record in records):
+                raise OcrlError("a ground-truth agent needs an env that reports its objects (info['ground_truth'])")
+            rows = self.policy.observation_space["slots"].shape[0]
+            per_env = [object_rows(record.ground_truth, rows) for record in records]
+            observations = {key: np.stack([codes[key] for codes in per_env]) for key in per_env[0]}
         actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
         return actions
 
