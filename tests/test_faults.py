@@ -393,7 +393,7 @@ def test_damaged_code_cache_files(tiny_perception, tmp_path):
 
     def read():
         codes = CodeCache(cache)
-        return {"frames": codes.frames, "steps": codes.steps, "info": codes.info}
+        return {"frames": codes.frames, "steps": codes.steps, "info": codes.infos}
 
     inject("code cache episode (.npz)", cache / "episode-000001.npz", read, seed=30, binary=True)
     inject("code cache info.json", cache / INFO_FILE, read, seed=31, binary=False)

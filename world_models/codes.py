@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,23 +168,25 @@ class Window:
 
 
 class CodeCache:
-    """All episodes of a code cache in memory, for sampling windows.
+    """All episodes of one or several code caches in memory, for sampling windows.
 
-    Episodes are concatenated: frame arrays (sum of T_i + 1, ...) and step arrays (sum of T_i, ...)
-    with offsets, so a batch of windows is one fancy-indexing gather.
+    Episodes are concatenated (cache by cache, in episode order): frame arrays (sum of T_i + 1,
+    ...) and step arrays (sum of T_i, ...) with offsets, so a batch of windows is one
+    fancy-indexing gather.
     """
 
-    def __init__(self, directory: str | os.PathLike, episodes: list[int] | None = None):
-        self.directory = Path(directory)
-        info_path = self.directory / INFO_FILE
-        if not info_path.exists():
-            raise OcrlError(f"{self.directory} is not a code cache (no {INFO_FILE})")
-        self.info = _read_info(info_path)
-        files = sorted(self.directory.glob("episode-*.npz"))
-        if episodes is not None:
-            files = [self.directory / episode_file_name(i) for i in episodes]
-        if not files:
-            raise OcrlError(f"code cache {self.directory} holds no episodes")
+    def __init__(self, directories: str | os.PathLike | Sequence[str | os.PathLike]):
+        if isinstance(directories, (str, os.PathLike)):
+            directories = [directories]
+        files, self.infos = [], []
+        for directory in map(Path, directories):
+            if not (directory / INFO_FILE).exists():
+                raise OcrlError(f"{directory} is not a code cache (no {INFO_FILE})")
+            self.infos.append(_read_info(directory / INFO_FILE))
+            found = sorted(directory.glob("episode-*.npz"))
+            if not found:
+                raise OcrlError(f"code cache {directory} holds no episodes")
+            files += found
         frames: dict[str, list[np.ndarray]] = {key: [] for key in CODE_KEYS}
         steps: dict[str, list[np.ndarray]] = {key: [] for key in STEP_KEYS}
         lengths = []

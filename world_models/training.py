@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ def window_loss(
 
 
 def train_world_model(
-    data: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     perception: str | None = None,
     *,
@@ -128,37 +129,54 @@ def train_world_model(
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train (or resume) a world model on rollout store ``data`` into checkpoint ``out``.
+    """Train (or resume) a world model on rollout store ``data`` (or several stores of one env,
+    e.g. rounds of collection with a changing policy) into checkpoint ``out``.
 
     Args:
         perception: shipped name or checkpoint path (default: the shipped default model), or
             ``"ground_truth"``: the store's recorded objects (the oracle world model).
         model_config: overrides of :class:`WorldModelConfig` fields (``history``, ``width``, ...).
         training: :class:`WorldModelTrainingConfig` (default: its defaults).
-        cache: where the codes are cached (default ``DATA/codes/<perception fingerprint>``).
+        cache: where the codes are cached (default ``DATA/codes/<perception fingerprint>``; one
+            store only).
     """
     import ocrl
 
-    preflight(checkpoint=out, stores=[data], stores_need_actions=True, device=device)
+    paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    preflight(checkpoint=out, stores=paths, stores_need_actions=True, device=device)
     training = training or WorldModelTrainingConfig()
     history = (model_config or {}).get("history", WorldModelConfig.history)
     if training.rollout_steps >= history:
         raise OcrlError(f"rollout_steps ({training.rollout_steps}) must be below the history ({history})")
-    store = RolloutStore.open(data)
+    stores = [RolloutStore.open(path) for path in paths]
+    store = stores[0]
+    for other in stores[1:]:
+        for key in ("env_id", "env_kwargs", "action_space"):
+            if other.header.get(key) != store.header.get(key):
+                raise OcrlError(f"{other.path} and {store.path} hold different {key}s; train on stores of one env")
+    if cache is not None and len(stores) > 1:
+        raise OcrlError("a cache directory can be given for one store only")
     process = start_process(device)
     device = process.device
     reference = perception or ocrl.DEFAULT_PERCEPTION
     perception_model = code_source(reference, store, device)
-    cache_dir = (
-        encode_store(perception_model, store, cache, perception=reference, progress=progress and process.rank == 0)
+    cache_dirs = (
+        [
+            str(
+                encode_store(
+                    perception_model, each, cache, perception=reference, progress=progress and process.rank == 0
+                )
+            )
+            for each in stores
+        ]
         if process.rank == 0
-        else None
+        else [None]
     )
-    if process.world_size > 1:  # the others wait for rank 0's cache
-        shared = [str(cache_dir)]
+    if process.world_size > 1:  # the others wait for rank 0's caches
+        shared = [cache_dirs]
         torch.distributed.broadcast_object_list(shared, src=0)
-        cache_dir = Path(shared[0])
-    codes = CodeCache(cache_dir)
+        cache_dirs = shared[0]
+    codes = CodeCache(cache_dirs)
     config = WorldModelConfig(
         num_slots=codes.num_slots,
         slot_dim=codes.slot_dim,
@@ -184,7 +202,11 @@ def train_world_model(
     def loss(forward, window: Window, step: int):
         return window_loss(model, window, training, forward=forward)
 
-    record = {**dataclasses.asdict(training), "data": str(Path(store.path).resolve()), "cache": str(cache_dir)}
+    record = {
+        **dataclasses.asdict(training),
+        "data": [str(Path(each.path).resolve()) for each in stores],
+        "cache": cache_dirs,
+    }
     fit(
         model,
         config,

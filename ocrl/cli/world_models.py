@@ -38,7 +38,9 @@ def add_train_world_model(subparsers) -> None:
         help="train a slot-transformer world model on encoded rollouts",
         description="Encode a rollout store once with a frozen perception model (codes cached on disk), then train a world model on them; rerun the same command to resume.",
     )
-    parser.add_argument("--data", required=True, type=Path, help="rollout store from 'ocrl collect'")
+    parser.add_argument(
+        "--data", required=True, nargs="+", type=Path, help="rollout store(s) of one env from 'ocrl collect'"
+    )
     add_perception(parser)
     parser.add_argument(
         "--out", required=True, type=Path, help="world-model checkpoint directory (resumed if it holds this model)"
