@@ -240,8 +240,9 @@ def read_curve(path: str | os.PathLike) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(file)]
 
 
-def _curve_csv(rows: list[dict[str, float]]) -> bytes:
-    lines = [",".join(CURVE_COLUMNS)] + [",".join(f"{row[key]:g}" for key in CURVE_COLUMNS) for row in rows]
+def curve_csv(rows: list[dict[str, float]], columns: tuple[str, ...] = CURVE_COLUMNS) -> bytes:
+    """CSV bytes of numeric rows (a learning curve's by default), what :func:`read_curve` reads."""
+    lines = [",".join(columns)] + [",".join(f"{row[key]:g}" for key in columns) for row in rows]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -342,7 +343,7 @@ def train_agent(
             trainer_state=trainer_state,
             metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False},
             training_config={"steps": steps, "num_envs": num_envs, "seed": seed},
-            extra_files={CURVE_FILE: _curve_csv(rows)},
+            extra_files={CURVE_FILE: curve_csv(rows)},
         )
 
     eval_env = make_vec_env(config, min(8, eval_episodes), EVALUATION_SEED, device=perception_device)
@@ -365,7 +366,8 @@ def train_agent(
     metrics = evaluate_policy_in_env(
         algorithm.policy, config, eval_episodes, device=perception_device, progress=progress
     )
-    save({**metrics, "num_timesteps": algorithm.num_timesteps, "done": True})
+    metrics["num_timesteps"] = algorithm.num_timesteps
+    save({**metrics, "done": True})
     return metrics
 
 

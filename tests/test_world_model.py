@@ -3,6 +3,7 @@ imagination envs, evaluation, agents trained in imagination, and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import ocrl
 from ocrl.checkpoint import CheckpointError
 from ocrl.cli import main
 from ocrl.data.collect import collect
+from ocrl.data.store import RolloutStore
 from ocrl.errors import OcrlError
 from ocrl.slots import SlotCodes
 from ocrl.world_models import (
@@ -681,3 +683,36 @@ def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, t
         [sys.executable, "-c", script, str(world_model)], capture_output=True, text=True, check=True
     )
     assert "not a perception model" in result.stdout and result.stdout.strip().endswith("SlotWorldModel")
+
+
+def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_path, capsys):
+    from ocrl.world_models import DreamConfig, dream
+
+    config = DreamConfig(
+        env_kwargs=ENV_KWARGS,
+        observation="ground_truth",
+        rounds=2,
+        episodes_per_round=3,
+        world_model_steps=2,
+        agent_steps=256,
+        eval_episodes=2,
+        world_model={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        algo_kwargs={"n_steps": 16, "batch_size": 64, "n_epochs": 2},
+    )
+    rows = dream(config, tmp_path / "run", progress=False)
+    assert [row["round"] for row in rows] == [0, 1]
+    assert rows[0]["real_env_steps"] < rows[1]["real_env_steps"] and rows[1]["world_model_steps"] == 4
+    assert rows[1]["imagined_steps"] > rows[0]["imagined_steps"] and 0 <= rows[1]["success_rate"] <= 1
+    # round 1 was collected by the agent of round 0, acting on the true objects
+    assert RolloutStore.open(tmp_path / "run" / "data" / "round-01").header["policy"]["kind"] == "ocrl-agent"
+    assert load_world_model(tmp_path / "run" / "world-model").config.perception == "ground_truth"
+    # a rerun has nothing to do; more rounds go on; another config is refused
+    stamp = (tmp_path / "run" / "agent" / "model.safetensors").stat().st_mtime_ns
+    assert dream(config, tmp_path / "run", progress=False) == rows
+    assert (tmp_path / "run" / "agent" / "model.safetensors").stat().st_mtime_ns == stamp
+    longer = dataclasses.replace(config, rounds=3)
+    assert [row["round"] for row in dream(longer, tmp_path / "run", progress=False)] == [0, 1, 2]
+    with pytest.raises(OcrlError, match="another config"):
+        dream(dataclasses.replace(config, episodes_per_round=4), tmp_path / "run", progress=False)
+    assert main(["dream", "--out", str(tmp_path / "cli"), "--observation", "pixels"]) == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -7,9 +7,12 @@
 - :class:`ImaginationVecEnv` / :class:`ImaginationEnv` (:mod:`.imagination`): SB3 / gymnasium
   envs stepped by the model, for agents that train in imagination.
 - :func:`evaluate_world_model` (:mod:`.evaluation`): open-loop error against horizon.
+- :func:`dream` / :class:`DreamConfig` (:mod:`.dream`): the model-based loop (collect, train the
+  world model, train the agent in imagination, evaluate; repeat).
 """
 
 from ocrl.world_models.codes import CodeCache, encode_store, perception_fingerprint
+from ocrl.world_models.dream import DreamConfig, dream
 from ocrl.world_models.evaluation import evaluate_world_model
 from ocrl.world_models.imagination import (
     ImaginationEnv,
@@ -23,12 +26,14 @@ from ocrl.world_models.training import WorldModelTrainingConfig, train_world_mod
 
 __all__ = [
     "CodeCache",
+    "DreamConfig",
     "ImaginationEnv",
     "ImaginationVecEnv",
     "SlotWorldModel",
     "WorldModelConfig",
     "WorldModelOutput",
     "WorldModelTrainingConfig",
+    "dream",
     "encode_store",
     "evaluate_world_model",
     "load_world_model",

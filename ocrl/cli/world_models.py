@@ -1,5 +1,6 @@
-"""World-model commands: ``ocrl train-world-model`` (on codes of a frozen perception model) and
-``ocrl eval-world-model`` (open-loop error against horizon, reward accuracy)."""
+"""World-model commands: ``ocrl train-world-model`` (on codes of a frozen perception model),
+``ocrl eval-world-model`` (open-loop error against horizon, reward accuracy) and ``ocrl dream``
+(the model-based loop: collect, train the world model, train the agent in imagination)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from ocrl.cli.common import (
     add_command,
     add_device,
+    add_env_kwargs,
     add_json_out,
     add_perception,
     add_tensorboard,
@@ -24,6 +26,7 @@ from ocrl.cli.common import (
 def register(subparsers) -> None:
     add_train_world_model(subparsers)
     add_eval_world_model(subparsers)
+    add_dream(subparsers)
 
 
 def _add_cache(parser: argparse.ArgumentParser) -> None:
@@ -129,4 +132,66 @@ def run_eval_world_model(args: argparse.Namespace) -> int:
         )
 
     print_json({"world_model": str(args.world_model), **user_errors(evaluate)}, args.out)
+    return 0
+
+
+def add_dream(subparsers) -> None:
+    parser = add_command(
+        subparsers,
+        "dream",
+        run_dream,
+        help="model-based loop: collect, train the world model, train the agent in imagination, repeat",
+        description="Each round: collect real episodes with the current agent (random in round 0), train the world model on all of them, train the agent only inside the world model, evaluate it in the real env on held-out episodes. Rerun the same command to resume; a larger --rounds goes on.",
+    )
+    parser.add_argument("--env", default="ocrl/ObjectGoal-v0", help="env id (default ocrl/ObjectGoal-v0)")
+    add_env_kwargs(parser)
+    parser.add_argument(
+        "--observation",
+        default="slots",
+        choices=["slots", "ground-truth"],
+        help="what the agent sees: slot codes of --perception, or the true objects (an oracle world model)",
+    )
+    add_perception(parser)
+    parser.add_argument("--rounds", default=4, type=positive_int, help="rounds (default 4)")
+    parser.add_argument(
+        "--episodes", default=100, type=positive_int, help="real episodes collected per round (default 100)"
+    )
+    parser.add_argument(
+        "--world-model-steps",
+        default=1000,
+        type=positive_int,
+        help="world-model training steps per round (default 1000)",
+    )
+    parser.add_argument(
+        "--agent-steps", default=50_000, type=positive_int, help="imagined agent steps per round (default 50000)"
+    )
+    parser.add_argument(
+        "--eval-episodes", default=100, type=positive_int, help="held-out real episodes per evaluation (default 100)"
+    )
+    parser.add_argument(
+        "--seed", default=0, type=non_negative_int, help="seed of the world model and agent (default 0)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="run directory (resumed if it holds this run)")
+    add_device(parser)
+
+
+def run_dream(args: argparse.Namespace) -> int:
+    from ocrl.world_models.dream import DreamConfig, dream
+
+    def run():
+        config = DreamConfig(
+            env_id=args.env,
+            env_kwargs=args.env_kwargs,
+            observation=args.observation.replace("-", "_"),
+            perception=None if args.perception is None else perception_reference(args.perception),
+            rounds=args.rounds,
+            episodes_per_round=args.episodes,
+            world_model_steps=args.world_model_steps,
+            agent_steps=args.agent_steps,
+            eval_episodes=args.eval_episodes,
+            seed=args.seed,
+        )
+        return dream(config, args.out, device=args.device)
+
+    user_errors(run)
     return 0
