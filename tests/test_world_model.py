@@ -663,6 +663,14 @@ def test_rewarded_windows_are_drawn_as_often_as_asked(tiny_perception, tmp_path)
 
     # the asked fraction, plus the windows among the others that hold a reward anyway
     assert share(0.5) == pytest.approx(0.5 + 0.5 * share(0.0), abs=0.05)
+    # single transitions for the outcome head: events as often as asked, with the codes they lead to
+    events = codes.transitions(100, generator, event_fraction=1.0)
+    assert bool(((events.rewards != 0) | (events.continues == 0)).all())
+    assert sorted(set(events.codes.slots[:, 0, 0].tolist())) == [4.0, 6.0, 12.0]  # the ramp: frame t holds t
+    mixed = codes.transitions(2000, generator, event_fraction=0.25)
+    assert float(((mixed.rewards != 0) | (mixed.continues == 0)).float().mean()) == pytest.approx(
+        0.25 + 0.75 * 3 / 19, abs=0.04
+    )
 
 
 def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, tiny_perception):

@@ -167,6 +167,19 @@ class Window:
         )
 
 
+@dataclass
+class Transitions:
+    """A batch of B single transitions: the codes each leads to (batch dims (B,)), its reward and
+    continuation (B,)."""
+
+    codes: SlotCodes
+    rewards: torch.Tensor
+    continues: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Transitions:
+        return Transitions(self.codes.to(device), self.rewards.to(device), self.continues.to(device))
+
+
 class CodeCache:
     """All episodes of one or several code caches in memory, for sampling windows.
 
@@ -205,6 +218,11 @@ class CodeCache:
         self.step_offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.frames = {key: torch.from_numpy(np.concatenate(value)) for key, value in frames.items()}
         self.steps = {key: torch.from_numpy(np.concatenate(value)) for key, value in steps.items()}
+        # the frame each step leads to, and the steps with an event (a reward or a termination)
+        self.next_frames = np.concatenate(
+            [offset + 1 + np.arange(length) for offset, length in zip(self.frame_offsets, self.lengths)]
+        )
+        self.events = np.flatnonzero((self.steps["rewards"] != 0).numpy() | self.steps["terminated"].numpy())
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -275,6 +293,21 @@ class CodeCache:
             episodes[at_reward] = chosen
             starts[at_reward] = np.clip(within - place, 0, np.maximum(0, self.lengths[chosen] - length))
         return self.windows(episodes, starts, length)
+
+    def transitions(self, batch_size: int, generator: np.random.Generator, event_fraction: float = 0.0) -> Transitions:
+        """Random single transitions, a fraction ``event_fraction`` of them drawn among those with
+        a reward or a termination (what the outcome head learns from; none if there are none)."""
+        steps = generator.integers(0, len(self.next_frames), size=batch_size)
+        at_event = (generator.random(batch_size) < event_fraction) & (len(self.events) > 0)
+        if at_event.any():
+            steps[at_event] = self.events[generator.integers(0, len(self.events), size=int(at_event.sum()))]
+        frames = torch.from_numpy(self.next_frames[steps])
+        index = torch.from_numpy(steps)
+        return Transitions(
+            SlotCodes(**{key: value[frames] for key, value in self.frames.items()}),
+            self.steps["rewards"][index].float(),
+            1.0 - self.steps["terminated"][index].float(),
+        )
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -5,8 +5,9 @@
 ``history`` transitions:
 
 - teacher forcing: from the true codes of steps 0..t, predict step t + 1, the reward and the
-  continuation of every transition of the window (read from the predicted and from the true
-  codes of step t + 1);
+  continuation of every transition of the window (read from the predicted codes of step t + 1,
+  and from the true codes of a separate batch of single transitions, a quarter of them with a
+  reward or a termination);
 - open loop: from the true codes of the first ``history - rollout_steps`` steps, feed the
   model its own predictions for ``rollout_steps`` more steps (gradients flow through them), so
   that it learns to stay on track when imagination feeds it its own output.
@@ -33,7 +34,7 @@ from ocrl.errors import OcrlError
 from ocrl.fit import fit, resume_or_build, start_process
 from ocrl.preflight import preflight
 from ocrl.slots import SlotCodes
-from ocrl.world_models.codes import CodeCache, Window, code_source, encode_store
+from ocrl.world_models.codes import CodeCache, Transitions, Window, code_source, encode_store
 from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, position_error, slot_error
 
 
@@ -46,6 +47,8 @@ class WorldModelTrainingConfig:
     rollout_steps: int = 3
     end_fraction: float = 0.25  # windows that end with an episode's last transition
     reward_fraction: float = 0.25  # windows that hold a transition with a non-zero reward
+    outcome_batch_size: int = 256  # single transitions for the reward/continuation head on true codes
+    event_fraction: float = 0.25  # of them with a reward or a termination
     learning_rate: float = 3e-4
     warmup_steps: int = 200
     final_learning_rate_fraction: float = 0.05
@@ -61,10 +64,15 @@ class WorldModelTrainingConfig:
 
 
 def window_loss(
-    model: SlotWorldModel, window: Window, training: WorldModelTrainingConfig, forward=None
+    model: SlotWorldModel,
+    window: Window,
+    training: WorldModelTrainingConfig,
+    forward=None,
+    transitions: Transitions | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its terms on a batch of windows (see the module doc); ``forward`` runs the
-    model (default ``model`` itself; its DDP wrapper when distributed)."""
+    """Total loss and its terms on a batch of windows and of single ``transitions`` (see the
+    module doc); ``forward`` runs the model (default ``model`` itself; its DDP wrapper when
+    distributed)."""
     forward = forward or model
     steps = window.valid.shape[1]
     inputs, targets = window.codes[:, :steps], window.codes[:, 1:]
@@ -82,20 +90,19 @@ def window_loss(
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
     }
-    # reward and continuation read from the predicted codes (as imagination reads them) and from
-    # the true ones (a clean signal while the predictions are poor)
-    true_reward_logits, true_continue_logits = model.outcome(targets)
-    for name, (reward_logits, continue_logits) in {
-        "": (output.reward_logits, output.continue_logits),
-        "_true_codes": (true_reward_logits, true_continue_logits),
-    }.items():
-        terms[f"reward{name}"] = mean(model.reward_loss(reward_logits, window.rewards))
-        terms[f"continue{name}"] = mean(
-            F.binary_cross_entropy_with_logits(continue_logits, window.continues, reduction="none")
-        )
+    # reward and continuation read from the predicted codes (as imagination reads them), and from
+    # the true codes of a batch of single transitions rich in events (a clean, frequent signal)
+    terms["reward"] = mean(model.reward_loss(output.reward_logits, window.rewards))
+    terms["continue"] = mean(
+        F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")
+    )
+    if transitions is not None:
+        reward_logits, continue_logits = model.outcome(transitions.codes)
+        terms["reward_true_codes"] = model.reward_loss(reward_logits, transitions.rewards).mean()
+        terms["continue_true_codes"] = F.binary_cross_entropy_with_logits(continue_logits, transitions.continues)
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
-    loss = loss + training.reward_weight * (terms["reward"] + terms["reward_true_codes"]) / 2
-    loss = loss + training.continue_weight * (terms["continue"] + terms["continue_true_codes"]) / 2
+    for name, weight in (("reward", training.reward_weight), ("continue", training.continue_weight)):
+        loss = loss + weight * (terms[name] + terms.get(f"{name}_true_codes", terms[name])) / 2
 
     context = max(1, steps - training.rollout_steps)
     if context < steps:
@@ -195,12 +202,15 @@ def train_world_model(
     def batches(step: int):
         generator = np.random.default_rng([training.seed, process.rank, step])
         while True:
-            yield codes.sample(
+            window = codes.sample(
                 training.batch_size, config.history, generator, training.end_fraction, training.reward_fraction
-            ).to(device)
+            )
+            transitions = codes.transitions(training.outcome_batch_size, generator, training.event_fraction)
+            yield window.to(device), transitions.to(device)
 
-    def loss(forward, window: Window, step: int):
-        return window_loss(model, window, training, forward=forward)
+    def loss(forward, batch: tuple[Window, Transitions], step: int):
+        window, transitions = batch
+        return window_loss(model, window, training, forward=forward, transitions=transitions)
 
     record = {
         **dataclasses.asdict(training),
