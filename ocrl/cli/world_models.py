@@ -15,6 +15,7 @@ from ocrl.cli.common import (
     add_json_out,
     add_perception,
     add_tensorboard,
+    json_object,
     non_negative_int,
     perception_reference,
     positive_int,
@@ -168,6 +169,7 @@ def add_dream(subparsers) -> None:
     parser.add_argument(
         "--eval-episodes", default=100, type=positive_int, help="held-out real episodes per evaluation (default 100)"
     )
+    parser.add_argument("--algo-kwargs", default={}, type=json_object, help="JSON object over the agent's PPO defaults")
     parser.add_argument(
         "--seed", default=0, type=non_negative_int, help="seed of the world model and agent (default 0)"
     )
@@ -189,6 +191,7 @@ def run_dream(args: argparse.Namespace) -> int:
             world_model_steps=args.world_model_steps,
             agent_steps=args.agent_steps,
             eval_episodes=args.eval_episodes,
+            algo_kwargs=args.algo_kwargs,
             seed=args.seed,
         )
         return dream(config, args.out, device=args.device)
