@@ -90,19 +90,25 @@ def window_loss(
         "position": mean(position_error(output.codes, targets)),
         "presence": mean(presence),
     }
-    # reward and continuation read from the predicted codes (as imagination reads them), and from
-    # the true codes of a batch of single transitions rich in events (a clean, frequent signal)
-    terms["reward"] = mean(model.reward_loss(output.reward_logits, window.rewards))
-    terms["continue"] = mean(
-        F.binary_cross_entropy_with_logits(output.continue_logits, window.continues, reduction="none")
+
+    # The outcome head learns reward and continuation from true codes (a batch of single
+    # transitions rich in events; without one, the windows' next codes); through the frozen head,
+    # the predicted codes learn to show the outcome imagination will read from them.
+    def outcome_terms(codes, rewards, continues, frozen, average):
+        reward_logits, continue_logits = model.outcome(codes, frozen=frozen)
+        stop = F.binary_cross_entropy_with_logits(continue_logits, continues, reduction="none")
+        return average(model.reward_loss(reward_logits, rewards)), average(stop)
+
+    terms["reward"], terms["continue"] = outcome_terms(output.codes, window.rewards, window.continues, True, mean)
+    true = (
+        (targets, window.rewards, window.continues, False, mean)
+        if transitions is None
+        else (transitions.codes, transitions.rewards, transitions.continues, False, torch.mean)
     )
-    if transitions is not None:
-        reward_logits, continue_logits = model.outcome(transitions.codes)
-        terms["reward_true_codes"] = model.reward_loss(reward_logits, transitions.rewards).mean()
-        terms["continue_true_codes"] = F.binary_cross_entropy_with_logits(continue_logits, transitions.continues)
+    terms["reward_true_codes"], terms["continue_true_codes"] = outcome_terms(*true)
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
     for name, weight in (("reward", training.reward_weight), ("continue", training.continue_weight)):
-        loss = loss + weight * (terms[name] + terms.get(f"{name}_true_codes", terms[name])) / 2
+        loss = loss + weight * (terms[name] + terms[f"{name}_true_codes"])
 
     context = max(1, steps - training.rollout_steps)
     if context < steps:
