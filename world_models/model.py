@@ -285,15 +285,10 @@ class SlotWorldModel(nn.Module):
         normalised = (codes.slots - self.slot_mean) / self.slot_std
         return torch.cat([normalised, codes.position, codes.presence[..., None]], -1)
 
-    def outcome(self, codes: SlotCodes, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def outcome(self, codes: SlotCodes) -> tuple[torch.Tensor, torch.Tensor]:
         """Reward logits (*batch, reward_bins) and continue logit (*batch) of the transitions
-        that lead to ``codes``; ``frozen``: gradients reach the codes, not the head."""
-        inputs = (self._slot_features(codes), codes.position, codes.presence)
-        if frozen:
-            weights = {name: value.detach() for name, value in self.outcome_head.named_parameters()}
-            logits = torch.func.functional_call(self.outcome_head, weights, inputs)
-        else:
-            logits = self.outcome_head(*inputs)
+        that lead to ``codes``."""
+        logits = self.outcome_head(self._slot_features(codes), codes.position, codes.presence)
         return logits[..., :-1], logits[..., -1]
 
     def _tokens(self, codes: SlotCodes, actions: torch.Tensor) -> torch.Tensor:
