@@ -218,11 +218,13 @@ class CodeCache:
         self.step_offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.frames = {key: torch.from_numpy(np.concatenate(value)) for key, value in frames.items()}
         self.steps = {key: torch.from_numpy(np.concatenate(value)) for key, value in steps.items()}
-        # the frame each step leads to, and the steps with an event (a reward or a termination)
+        # the frame each step leads to; the steps with a reward, and with an event (a reward or a termination)
         self.next_frames = np.concatenate(
             [offset + 1 + np.arange(length) for offset, length in zip(self.frame_offsets, self.lengths)]
         )
-        self.events = np.flatnonzero((self.steps["rewards"] != 0).numpy() | self.steps["terminated"].numpy())
+        rewarded = (self.steps["rewards"] != 0).numpy()
+        self.rewarded = np.flatnonzero(rewarded)
+        self.events = np.flatnonzero(rewarded | self.steps["terminated"].numpy())
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -283,10 +285,9 @@ class CodeCache:
         kind = generator.random(batch_size)
         at_end = kind < end_fraction
         starts[at_end] = np.maximum(0, self.lengths[episodes[at_end]] - length)
-        rewarded = np.flatnonzero(self.steps["rewards"].numpy())
-        at_reward = (kind >= end_fraction) & (kind < end_fraction + reward_fraction) & (len(rewarded) > 0)
+        at_reward = (kind >= end_fraction) & (kind < end_fraction + reward_fraction) & (len(self.rewarded) > 0)
         if at_reward.any():
-            step = rewarded[generator.integers(0, len(rewarded), size=int(at_reward.sum()))]
+            step = self.rewarded[generator.integers(0, len(self.rewarded), size=int(at_reward.sum()))]
             chosen = np.searchsorted(self.step_offsets, step, side="right") - 1
             within = step - self.step_offsets[chosen]
             place = generator.integers(0, length, size=len(step))
