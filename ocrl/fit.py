@@ -113,6 +113,7 @@ def fit(
     state: dict[str, Any] | None = None,
     training_record: dict[str, Any] | None = None,
     gradient_groups: list[list[nn.Parameter]] | None = None,
+    group_learning_rates: list[float] | None = None,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
     description: str = "train",
@@ -128,6 +129,8 @@ def fit(
         state: trainer state to resume from (:func:`resume_or_build`'s), ``{}`` for a new run.
         training_record: JSON-able dict stored as the checkpoint's training config.
         gradient_groups: parameter groups clipped separately (default: all parameters together).
+        group_learning_rates: a peak learning rate per gradient group (default: all
+            ``training.learning_rate``); the schedule scales each.
         schedule: ``step -> learning-rate factor`` (default :func:`learning_rate_factor`: warmup,
             then cosine decay over the whole run); staged training gives one per stage.
     """
@@ -139,9 +142,19 @@ def fit(
             print(f"{out} is already trained to step {step} (of {training.steps}); nothing to do")
         return step
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
+    groups = gradient_groups or [list(model.parameters())]
+    if group_learning_rates is None:
+        parameters = model.parameters()
+    else:
+        parameters = [{"params": group, "lr": rate} for group, rate in zip(groups, group_learning_rates, strict=True)]
+    optimizer = torch.optim.AdamW(parameters, lr=training.learning_rate, weight_decay=training.weight_decay)
     if "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # parameter groups of another version of the model or trainer
+            raise OcrlError(
+                f"{out}: its optimizer state does not fit this trainer ({error}); train into a new --out"
+            ) from None
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"].cpu())
     history: list[float] = list(state.get("loss_history", []))
@@ -150,7 +163,6 @@ def fit(
         optimizer, schedule or (lambda index: learning_rate_factor(index, training)), last_epoch=step - 1
     )
     forward = torch.nn.parallel.DistributedDataParallel(model) if process.world_size > 1 else model
-    groups = gradient_groups or [list(model.parameters())]
     device = process.device
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)

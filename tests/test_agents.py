@@ -47,6 +47,22 @@ def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind)
         SlotSetExtractor(space, kind="mlp")
 
 
+@pytest.mark.parametrize("kind", ["relation", "deepsets"])
+def test_pooled_extractors_ignore_absent_slots(kind):
+    # the oracle pads its set with absent rows: what they hold must not reach the policy
+    space = observation_space(5, 8)
+    torch.manual_seed(0)
+    extractor = SlotSetExtractor(space, kind=kind, features_dim=16)
+    observation = {
+        key: torch.as_tensor(np.stack([space[key].sample() for _ in range(3)])).clamp(-5, 5) for key in space.spaces
+    }
+    observation["presence"][:, 4] = 0.0
+    changed = {key: value.clone() for key, value in observation.items()}
+    changed["slots"][:, 4] += 3.0
+    changed["position"][:, 4] -= 0.5
+    torch.testing.assert_close(extractor(changed), extractor(observation))
+
+
 def test_ground_truth_oracle_reports_the_true_objects():
     env = GroundTruthObservation(ocrl.envs.make("ocrl/ObjectGoal-v0"))
     observation, info = env.reset(seed=0)

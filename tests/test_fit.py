@@ -63,7 +63,7 @@ def squared_error(forward, batch, step):
     return loss, {"squared_error": loss}
 
 
-def run(out: Path, steps: int, loss=squared_error, progress: bool = False) -> nn.Module:
+def run(out: Path, steps: int, loss=squared_error, progress: bool = False, rates=None) -> nn.Module:
     torch.manual_seed(0)
     model, state = resume_or_build(out, LineConfig(), build_line, torch.device("cpu"))
     fit(
@@ -76,6 +76,8 @@ def run(out: Path, steps: int, loss=squared_error, progress: bool = False) -> nn
         process=start_process("cpu"),
         state=state,
         progress=progress,
+        gradient_groups=None if rates is None else [[model.weight], [model.bias]],
+        group_learning_rates=rates,
     )
     return model
 
@@ -95,6 +97,17 @@ def test_a_finished_run_says_so_and_returns(tmp_path, capsys):
     run(tmp_path / "model", 2, progress=True)
     assert "already trained to step 2" in capsys.readouterr().out
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_each_gradient_group_trains_at_its_own_learning_rate(tmp_path):
+    run(tmp_path / "model", 3, rates=[0.05, 0.5])
+    groups = load_trainer_state(tmp_path / "model")["optimizer"]["param_groups"]
+    # the schedule scales each group's peak rate alike (here: 3 steps after a 2-step warmup)
+    assert [group["initial_lr"] for group in groups] == [0.05, 0.5]
+    assert groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+    # a run with other parameter groups cannot resume it
+    with pytest.raises(OcrlError, match="optimizer state does not fit"):
+        run(tmp_path / "model", 5)
 
 
 def test_another_model_in_out_is_refused(tmp_path):

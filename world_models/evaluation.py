@@ -22,7 +22,8 @@ One step, teacher-forced over every transition: ``reward_mse``; ``reward_precisi
 reward values seen in the data; precision: of the transitions predicted rewarded, the fraction
 whose true reward is that value; recall: of the transitions with a non-zero reward, the fraction
 predicted with that value); ``termination_precision`` and ``termination_recall`` likewise for
-terminations (continuation probability below 1/2). Each is NaN when undefined (nothing
+terminations (continuation probability below 1/2), and ``continue_accuracy`` beside
+``continue_accuracy_always``, the accuracy of always predicting "continue". Each is NaN when undefined (nothing
 predicted, or nothing to find): with rewards that are constant an accuracy would be 1.0 for a
 model that never predicts a reward, which says nothing.
 """
@@ -208,6 +209,8 @@ def _one_step_scores(model: SlotWorldModel, codes: CodeCache) -> dict[str, float
         "reward_recall": _ratio((rewards != 0) & (snapped == rewards), rewards != 0),
         "termination_precision": _ratio(predicted_terminated & terminated, predicted_terminated),
         "termination_recall": _ratio(predicted_terminated & terminated, terminated),
+        "continue_accuracy": round(float((predicted_terminated == terminated).float().mean()), 5),
+        "continue_accuracy_always": round(float((~terminated).float().mean()), 5),
     }
 
 

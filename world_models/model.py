@@ -173,9 +173,12 @@ class AttentionBlock(nn.Module):
 
 class OutcomeHead(nn.Module):
     """Reward bins and the continue logit of a transition from the codes it leads to: each pair
-    of distinct slots (i, j) is encoded from both tokens and the offset and distance between
-    their positions, and the pairs' features are max-pooled over present slots (see the module
-    doc)."""
+    of distinct slots (i, j) is encoded from both tokens, the offset and distance between their
+    positions and the gap between them (distance minus both sizes: below 0 they overlap), and
+    the pairs' features are max-pooled over present slots (see the module doc). The first layer
+    could form the gap from the distance and the sizes in the tokens, but given directly it is
+    learned faster (measured on true ObjectGoal states, 2 seeds: held-out reward precision /
+    recall 0.92 / 0.97 against 0.90 / 0.90 without it, benchmarks/RESULTS.md)."""
 
     def __init__(self, config: WorldModelConfig, width: int = 64):
         super().__init__()
@@ -183,7 +186,7 @@ class OutcomeHead(nn.Module):
         # the pair MLP's first layer, split into its parts, each computed once per slot
         self.first = nn.Linear(token, width)
         self.second = nn.Linear(token, width, bias=False)
-        self.relative = nn.Linear(3, width, bias=False)
+        self.relative = nn.Linear(4, width, bias=False)
         self.pair = nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU())
         self.out = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.reward_bins + 1))
         with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
@@ -196,7 +199,10 @@ class OutcomeHead(nn.Module):
         (*batch, reward_bins + 1)."""
         xy = position[..., :2]
         offset = xy[..., None, :, :] - xy[..., :, None, :]
-        relative = torch.cat([offset, offset.norm(dim=-1, keepdim=True)], -1)
+        distance = offset.norm(dim=-1, keepdim=True)
+        size = position[..., 2]
+        gap = distance - size[..., :, None, None] - size[..., None, :, None]
+        relative = torch.cat([offset, distance, gap], -1)
         pairs = self.first(tokens)[..., :, None, :] + self.second(tokens)[..., None, :, :] + self.relative(relative)
         # a slot paired with itself sits at distance 0, which would look like a touch
         distinct = 1 - torch.eye(presence.shape[-1], device=presence.device)

@@ -49,6 +49,9 @@ class WorldModelTrainingConfig:
     outcome_batch_size: int = 256  # single transitions for the reward/continuation head on true codes
     event_fraction: float = 0.25  # of them with a reward or a termination
     learning_rate: float = 3e-4
+    # the outcome head's own (peak) rate: a touch is a sharp threshold on positions, which it
+    # learns several times faster at a higher rate (benchmarks/RESULTS.md, issue 15)
+    outcome_learning_rate: float = 1e-3
     warmup_steps: int = 200
     final_learning_rate_fraction: float = 0.05
     weight_decay: float = 0.01
@@ -217,6 +220,8 @@ def train_world_model(
         "data": [str(Path(each.path).resolve()) for each in stores],
         "cache": cache_dirs,
     }
+    head = list(model.outcome_head.parameters())
+    dynamics = [parameter for name, parameter in model.named_parameters() if not name.startswith("outcome_head.")]
     fit(
         model,
         config,
@@ -225,6 +230,8 @@ def train_world_model(
         training,
         out,
         process=process,
+        gradient_groups=[dynamics, head],
+        group_learning_rates=[training.learning_rate, training.outcome_learning_rate],
         state=state,
         training_record=record,
         tensorboard=tensorboard,
