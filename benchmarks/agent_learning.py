@@ -10,6 +10,9 @@ Observation ``imagination`` is slot-code PPO trained only inside the world model
 the task, e.g. ``'{"colours": "ood"}'``; ``--perception`` picks the model behind the slot codes; ``--extractor`` and ``--algo-kwargs`` compare policies and
 PPO settings (use a new ``--out`` for each). Agents land in OUT/<env>/<observation>-<seed> (rerunning
 resumes them and skips finished ones); the table goes to stdout, pictures to OUT/<env>.png.
+``--dream DIR ...`` adds runs of ``ocrl dream`` (one per seed) to the picture: their held-out
+success after each round against the real env steps collected so far, the model-based loop
+beside model-free PPO on the same axis (an ``imagination`` curve's axis is imagined steps).
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ import numpy as np
 from ocrl.agents import AgentConfig, evaluate_policy_in_env, make_vec_env, train_agent
 from ocrl.agents.training import CURVE_FILE, read_curve
 from ocrl.checkpoint import load_metrics, read_checkpoint_config
+from ocrl.world_models.dream import ROUNDS_FILE
 
-COLOURS = {"slots": "tab:blue", "pixels": "tab:red", "ground_truth": "tab:green", "imagination": "tab:purple"}
+COLOURS = {
+    "slots": "tab:blue",
+    "pixels": "tab:red",
+    "ground_truth": "tab:green",
+    "imagination": "tab:purple",
+    "dream": "tab:orange",
+}
+LABELS = {"imagination": "imagination (x: imagined steps)", "dream": "ocrl dream (model-based)"}
 
 
 def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> Path:
@@ -55,6 +66,15 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
         train_agent(config, out, steps=args.steps, seed=seed, checkpoint_every=args.every, eval_episodes=args.episodes)
         print(f"{env_id} {observation} seed {seed}: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     return out
+
+
+def dream_curve(run_dir: Path, env_id: str) -> list[dict[str, float]]:
+    """An ``ocrl dream`` run's rounds as curve rows: held-out success against real env steps."""
+    ran = json.loads((run_dir / "config.json").read_bytes())["env_id"]
+    if ran != env_id:
+        raise SystemExit(f"{run_dir} is a run on {ran}, not {env_id}")
+    rounds = read_curve(run_dir / ROUNDS_FILE)
+    return [{"env_steps": row["real_env_steps"], "success_rate": row["success_rate"]} for row in rounds]
 
 
 class RandomPolicy:
@@ -89,11 +109,18 @@ def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], random: f
         steps = np.array([row["env_steps"] for row in runs[0][:length]])
         success = np.array([[row["success_rate"] for row in rows[:length]] for rows in runs])
         colour = COLOURS.get(observation)
-        axes.plot(steps, success.mean(0), color=colour, label=f"{observation} ({len(runs)} seeds)")
+        label = LABELS.get(observation, observation)
+        axes.plot(
+            steps,
+            success.mean(0),
+            color=colour,
+            marker="o" if observation == "dream" else None,
+            label=f"{label} ({len(runs)} seeds)",
+        )
         axes.fill_between(steps, success.min(0), success.max(0), color=colour, alpha=0.2)
     axes.axhline(random, color="grey", linestyle="--", label="random policy")
     axes.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
-    axes.set(title=env_id, xlabel="env steps", ylabel="held-out success rate", ylim=(0, 1))
+    axes.set(title=env_id, xlabel="real env steps", ylabel="held-out success rate", ylim=(0, 1))
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
@@ -119,6 +146,7 @@ def main() -> None:
     )
     parser.add_argument("--perception", help="perception model of observation 'slots' (shipped name or checkpoint)")
     parser.add_argument("--imagination", help="world-model checkpoint for observation 'imagination'")
+    parser.add_argument("--dream", type=Path, nargs="+", default=[], help="'ocrl dream' run directories to draw too")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if "imagination" in args.observations and not args.imagination:
@@ -137,6 +165,8 @@ def main() -> None:
                 f"| {env_id} | {observation} | {len(outs)} | {success.mean():.2f} ± {success.std():.2f} ({', '.join(f'{s:.2f}' for s in success)}) | {np.mean([m['mean_return'] for m in finals]):.2f} | {finals[0]['num_timesteps']} |",
                 flush=True,
             )
+        if args.dream:
+            curves["dream"] = [dream_curve(run_dir, env_id) for run_dir in args.dream]
         random = random_success(env_id, json.loads(args.env_kwargs or "{}"), args.episodes)
         print(f"| {env_id} | random policy | - | {random:.2f} | {random:.2f} | - |", flush=True)
         plot(env_id, curves, random, args.out / f"{env_id.replace('/', '_')}.png")

