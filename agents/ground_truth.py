@@ -60,7 +60,9 @@ def object_rows(truth: dict[str, Any], max_objects: int) -> dict[str, np.ndarray
     ``object_count``) -> the oracle's ``slots``, ``position`` and ``presence`` rows."""
     count = int(truth.get("object_count", len(truth["object_shape"])))
     if count > max_objects:
-        raise ValueError(f"the env shows {count} objects but max_objects is {max_objects}")
+        raise ValueError(
+            f"the env shows {count} objects but the oracle's set has {max_objects} rows; train the agent with more (--max-objects)"
+        )
     slots = np.zeros((max_objects, 3 + len(SHAPE_NAMES)), np.float32)
     position = np.zeros((max_objects, 4), np.float32)
     presence = np.zeros(max_objects, np.float32)

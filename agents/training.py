@@ -80,6 +80,8 @@ class AgentConfig(JsonConfig):
     imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
         objects with an oracle world model), evaluate in the
         real env.
+    max_objects: rows of the ground-truth oracle's set (default: the env's largest object count
+        plus the agent); more rows let the same agent be evaluated with more objects.
     """
 
     config_name = "agent config"  # where a from_dict error is, not a field
@@ -94,6 +96,7 @@ class AgentConfig(JsonConfig):
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     imagination: str | None = None
+    max_objects: int | None = None
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -104,13 +107,15 @@ class AgentConfig(JsonConfig):
             raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
         if self.imagination is not None and self.observation == "pixels":
             raise ValueError("agents train in imagination on slot codes or ground-truth objects, not on pixels")
+        if self.max_objects is not None and (self.observation != "ground_truth" or self.max_objects < 1):
+            raise ValueError("max_objects is the ground-truth oracle's number of rows: a positive int")
 
 
 def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
         env = ocrl.envs.make(config.env_id, **config.env_kwargs)
         if config.observation == "ground_truth":
-            env = GroundTruthObservation(env)
+            env = GroundTruthObservation(env, config.max_objects)
         env = Monitor(env)
         if seed is not None:
             env.action_space.seed(seed)
@@ -147,6 +152,10 @@ def make_imagination_env(
         fix = "--observation ground_truth" if world.perception == GROUND_TRUTH else f"--perception {world.perception}"
         raise OcrlError(
             f"the world model {config.imagination} models codes of perception {world.perception!r}, the agent reads {reads!r}; pass {fix}"
+        )
+    if config.max_objects not in (None, world.num_slots):
+        raise OcrlError(
+            f"the world model {config.imagination} has {world.num_slots} rows, the agent max_objects {config.max_objects}"
         )
     if sorted(config.keys) != ["position", "presence", "slots"]:
         raise OcrlError(f"imagined observations hold slots, position and presence; the agent reads {config.keys}")
@@ -450,7 +459,7 @@ def record_episode(
             env, config.perception, keys=(*config.keys, "masks"), keep_observation=True, device=device
         )
     elif config.observation == "ground_truth":
-        env = GroundTruthObservation(env)
+        env = GroundTruthObservation(env, config.max_objects)
     observation, info = env.reset(seed=seed)
     pictures, total, done = [], 0.0, False
     while True:

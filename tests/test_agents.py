@@ -143,6 +143,8 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         AgentConfig(algo="a2c")
     with pytest.raises(ValueError, match="only with observation 'slots'"):
         AgentConfig(observation="pixels", perception="smoothsa-sprites")
+    with pytest.raises(ValueError, match="oracle's number of rows"):
+        AgentConfig(observation="slots", max_objects=6)
     with pytest.raises(OcrlError, match="dqn cannot train"):
         train_agent(
             AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"),

@@ -177,6 +177,29 @@ def test_train_agent_then_eval_agent_with_video(tmp_path, capsys):
     result = json.loads(out)
     assert result["episodes"] == 2 and 0 <= result["success_rate"] <= 1
     assert (tmp_path / "episode.gif").stat().st_size > 0
+    # its set has rows for the 4 objects and the agent: 6 objects are refused in one line
+    status, _, err = run(capsys, "eval-agent", str(agent), "--episodes", "1", "--env-kwargs", '{"num_objects": 6}')
+    assert status == 2 and "--max-objects" in err.splitlines()[-1], err  # (after the progress bar)
+
+
+def test_an_oracle_with_spare_rows_is_evaluated_with_more_objects(tmp_path, capsys):
+    agent = tmp_path / "agent"
+    arguments = ["--env", "ocrl/ObjectGoal-v0", "--observation", "ground-truth", "--max-objects", "7"]
+    small = [
+        "--steps",
+        "32",
+        "--num-envs",
+        "1",
+        "--eval-episodes",
+        "1",
+        "--algo-kwargs",
+        '{"n_steps": 32, "batch_size": 32, "n_epochs": 1}',
+    ]
+    status, _, err = run(capsys, "train-agent", *arguments, *small, "--out", str(agent))
+    assert status == 0, err
+    status, out, err = run(capsys, "eval-agent", str(agent), "--episodes", "2", "--env-kwargs", '{"num_objects": 6}')
+    assert status == 0, err
+    assert json.loads(out)["env_kwargs"] == {"num_objects": 6}
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,11 @@ def add_train_agent(subparsers) -> None:
     )
     add_perception(parser)
     parser.add_argument(
+        "--max-objects",
+        type=positive_int,
+        help="ground-truth: rows of the oracle's object set (default: the env's most objects + the agent); more rows let eval-agent add objects",
+    )
+    parser.add_argument(
         "--extractor",
         default="relation",
         choices=EXTRACTOR_KINDS,
@@ -102,6 +107,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             env_kwargs=args.env_kwargs,
             algo_kwargs=args.algo_kwargs,
             imagination=None if args.imagination is None else str(args.imagination.resolve()),
+            max_objects=args.max_objects,
         )
         return train_agent(
             config,
@@ -153,6 +159,8 @@ def run_eval_agent(args: argparse.Namespace) -> int:
     def evaluate():
         policy, config = load_agent(args.agent, device=args.device)
         config = dataclasses.replace(config, env_kwargs={**config.env_kwargs, **args.env_kwargs})
+        if config.observation == "ground_truth":  # as many rows as the policy reads, whatever the env's count
+            config = dataclasses.replace(config, max_objects=policy.observation_space["slots"].shape[0])
         result = {
             "agent": str(args.agent),
             "env_kwargs": config.env_kwargs,
