@@ -25,14 +25,20 @@ from ocrl.errors import OcrlError
 from ocrl.slots import observation_space
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind):
+def extractor_and_batch(kind: str, batch: int) -> tuple[SlotSetExtractor, dict[str, torch.Tensor]]:
+    """An extractor over 5 slots of 8 and a random batch of observations (seeded)."""
     space = observation_space(5, 8)
     torch.manual_seed(0)
-    extractor = SlotSetExtractor(space, kind=kind, features_dim=32)
+    space.seed(0)
     observation = {
-        key: torch.as_tensor(np.stack([space[key].sample() for _ in range(4)])).clamp(-5, 5) for key in space.spaces
+        key: torch.as_tensor(np.stack([space[key].sample() for _ in range(batch)])).clamp(-5, 5) for key in space.spaces
     }
+    return SlotSetExtractor(space, kind=kind, features_dim=32), observation
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind):
+    extractor, observation = extractor_and_batch(kind, 4)
     features = extractor(observation)
     assert features.shape == (4, 32)
     order = torch.randperm(5)
@@ -44,18 +50,13 @@ def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind)
     changed["slots"][:, 2, 0] += 1.0
     assert not torch.allclose(extractor(changed), features)
     with pytest.raises(ValueError, match="unknown extractor kind"):
-        SlotSetExtractor(space, kind="mlp")
+        SlotSetExtractor(observation_space(5, 8), kind="mlp")
 
 
 @pytest.mark.parametrize("kind", ["relation", "deepsets"])
 def test_pooled_extractors_ignore_absent_slots(kind):
     # the oracle pads its set with absent rows: what they hold must not reach the policy
-    space = observation_space(5, 8)
-    torch.manual_seed(0)
-    extractor = SlotSetExtractor(space, kind=kind, features_dim=16)
-    observation = {
-        key: torch.as_tensor(np.stack([space[key].sample() for _ in range(3)])).clamp(-5, 5) for key in space.spaces
-    }
+    extractor, observation = extractor_and_batch(kind, 3)
     observation["presence"][:, 4] = 0.0
     changed = {key: value.clone() for key, value in observation.items()}
     changed["slots"][:, 4] += 3.0
