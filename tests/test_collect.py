@@ -286,3 +286,17 @@ def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys)
             action, _ = policy.predict({key: value[None] for key, value in observation.items()}, deterministic=True)
             assert action[0] == stored
             observation, *_ = env.step(action[0])
+    # a store whose agent config was written before a defaulted field existed still resumes;
+    # one that names another agent config is refused
+    manifest = tmp_path / "oracle-store" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    del recorded["policy"]["config"]["max_objects"]
+    manifest.write_text(json.dumps(recorded))
+    more = [*arguments[:-1], str(tmp_path / "oracle-store")]
+    more[more.index("--episodes") + 1] = "3"
+    assert main(more) == 0, capsys.readouterr().err
+    assert len(RolloutStore.open(tmp_path / "oracle-store").episodes) == 3
+    recorded["policy"]["config"]["extractor"] = "deepsets"
+    manifest.write_text(json.dumps(recorded))
+    assert main(more) == 2
+    assert "holds a different collection" in capsys.readouterr().err

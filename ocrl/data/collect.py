@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -26,7 +27,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from tqdm import tqdm
 
-from ocrl.data.store import RolloutStore, RolloutWriter
+from ocrl.data.store import MANIFEST_NAME, RolloutStore, RolloutWriter, read_manifest
 from ocrl.envs import make
 from ocrl.envs.ground_truth import FRAME_KEYS, GROUND_TRUTH_KEY, OBJECT_KEYS
 from ocrl.errors import CollectionInterrupted, OcrlError
@@ -180,7 +181,8 @@ def collect(
             from ocrl.data.sb3_policy import AgentPolicy
 
             act = AgentPolicy(policy, env_id, probe, deterministic=deterministic)
-            policy_description = act.description
+            recorded = read_manifest(Path(out))[0]["policy"] if (Path(out) / MANIFEST_NAME).exists() else None
+            policy_description = act.recorded_as(recorded)
         else:
             from ocrl.data.sb3_policy import load_sb3_policy
 
