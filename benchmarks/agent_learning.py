@@ -36,7 +36,11 @@ COLOURS = {
     "imagination": "tab:purple",
     "dream": "tab:orange",
 }
-LABELS = {"imagination": "imagination (x: imagined steps)", "dream": "ocrl dream (model-based)"}
+LABELS = {
+    "ground_truth": "ground truth, model-free",
+    "imagination": "imagination (x: imagined steps)",
+    "dream": "ocrl dream (model-based)",
+}
 
 
 def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> Path:
@@ -122,7 +126,7 @@ def plot(env_id: str, curves: dict[str, list[list[dict[str, float]]]], random: f
     axes.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     axes.set(title=env_id, xlabel="real env steps", ylabel="held-out success rate", ylim=(0, 1))
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
