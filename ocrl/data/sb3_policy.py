@@ -52,21 +52,6 @@ class Sb3Policy:
         self.deterministic = deterministic
         self.description = description
 
-    def recorded_as(self, description: Any) -> dict[str, Any]:
-        """The description a store recorded for this agent when it names the same agent (its
-        config written by a version with fewer, since defaulted, fields), else this one's: so
-        that a store collected before an upgrade resumes."""
-        from ocrl.agents import AgentConfig
-
-        if isinstance(description, dict) and description.get("kind") == "ocrl-agent":
-            try:
-                same = AgentConfig.from_dict(description.get("config")) == self.config
-            except ValueError:
-                same = False
-            if same and {**description, "config": None} == {**self.description, "config": None}:
-                return description
-        return self.description
-
     def __call__(self, observations, records=None, is_first=None) -> np.ndarray:
         actions, _ = self.policy.predict(observations, deterministic=self.deterministic)
         return actions
