@@ -27,7 +27,8 @@ import numpy as np
 from ocrl.agents import AgentConfig, evaluate_policy_in_env, make_vec_env, train_agent
 from ocrl.agents.training import CURVE_FILE, read_curve
 from ocrl.checkpoint import load_metrics, read_checkpoint_config
-from ocrl.world_models.dream import ROUNDS_FILE
+from ocrl.world_models.dream import CONFIG_FILE as DREAM_CONFIG_FILE
+from ocrl.world_models.dream import ROUNDS_FILE, DreamConfig
 
 COLOURS = {
     "slots": "tab:blue",
@@ -74,7 +75,7 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
 
 def dream_curve(run_dir: Path, env_id: str) -> list[dict[str, float]]:
     """An ``ocrl dream`` run's rounds as curve rows: held-out success against real env steps."""
-    ran = json.loads((run_dir / "config.json").read_bytes())["env_id"]
+    ran = DreamConfig.from_dict(json.loads((run_dir / DREAM_CONFIG_FILE).read_bytes())).env_id
     if ran != env_id:
         raise SystemExit(f"{run_dir} is a run on {ran}, not {env_id}")
     rounds = read_curve(run_dir / ROUNDS_FILE)
