@@ -36,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world-model", help="world-model checkpoint (default: untrained, default config)")
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0")
+    parser.add_argument("--width", type=int, help="width of the untrained model (default: the config's)")
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
     parser.add_argument("--imagined-envs", type=int, default=64)
     parser.add_argument("--real-envs", type=int, nargs="+", default=[8, 64])
@@ -44,7 +45,13 @@ def main() -> None:
     model = (
         load_world_model(args.world_model, device="cpu")
         if args.world_model
-        else SlotWorldModel(WorldModelConfig(perception=ocrl.DEFAULT_PERCEPTION, env_id=args.env)).eval()
+        else SlotWorldModel(
+            WorldModelConfig(
+                perception=ocrl.DEFAULT_PERCEPTION,
+                env_id=args.env,
+                **({} if args.width is None else {"width": args.width}),
+            )
+        ).eval()
     )
     imagined = ImaginationVecEnv(model, starts_from_env(model, 64), num_envs=args.imagined_envs)
     real = {
@@ -65,6 +72,7 @@ def main() -> None:
     result = {
         "env": args.env,
         "world_model": args.world_model or "untrained default config",
+        "width": model.config.width,
         "steps_per_measurement": args.steps,
         "torch_threads": torch.get_num_threads(),
         "rates": rates,

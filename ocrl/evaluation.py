@@ -46,7 +46,8 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
     ``presence`` (B, T, K) on the CPU, R = ``model.resolution``. A model
     with a background module that is not a slot (Loci-s) adds its background mask as one more
     segment: ``masks`` (B, T, K + 1, R, R), the background last, so that every pixel belongs to
-    a segment as with slot-attention models, whose background is shared among the slots.
+    a segment as with slot-attention models, whose background is shared among the slots; a model
+    that renders a depth map (Loci-s) adds it as ``depth_map`` (B, T, R, R).
     """
     batch, length = frames.shape[:2]
 
@@ -65,6 +66,9 @@ def encode_video(model, frames: np.ndarray, conditions: np.ndarray | None = None
             "position": codes.position.float().cpu(),
             "presence": codes.presence.float().cpu(),
         }
+        depth = getattr(rendered, "depth_map", None)
+        if depth is not None:
+            output["depth_map"] = depth.float().cpu()
         return output, state
 
     outputs, _ = scan(step, model.init_state(batch), range(length))

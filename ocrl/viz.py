@@ -51,19 +51,59 @@ def slot_colours(num_slots: int) -> np.ndarray:
     return instance_palette(num_slots + 1)[1:]
 
 
-def slot_panels(frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray) -> list[list[np.ndarray]]:
-    """Rows of (H, W, 3) uint8 images over time: input, reconstruction, segmentation (argmax
-    slot in its colour, blended over the input), then each slot's mask times the input.
+def mark_position(image: np.ndarray, position: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """A copy of ``image`` (H, W, 3) uint8 with a slot's position code drawn in ``colour``: a
+    cross at (x, y) and a circle of radius ``size`` (x, y and size in [-1, 1] image units, as in
+    :class:`~ocrl.slots.SlotCodes`)."""
+    marked = image.copy()
+    height, width = image.shape[:2]
+    x, y, size = (float(position[0]) + 1) * width / 2, (float(position[1]) + 1) * height / 2, float(position[2])
+    rows, columns = np.mgrid[:height, :width] + 0.5
+    distance = np.hypot(columns - x, rows - y)
+    radius = max(size * width / 2, 1.0)
+    ring = np.abs(distance - radius) < 0.6
+    cross = ((np.abs(columns - x) < 0.6) | (np.abs(rows - y) < 0.6)) & (distance < 2.5)
+    marked[ring | cross] = colour
+    return marked
 
-    frames uint8 (T, H, W, 3); reconstructions float (T, 3, H, W); masks float (T, K, H, W).
+
+def depth_image(depth: np.ndarray) -> np.ndarray:
+    """Depth maps (T, H, W) to grey (T, H, W, 3) uint8 over the video's own range: near light, far dark."""
+    low, high = float(depth.min()), float(depth.max())
+    grey = (high - depth) / max(high - low, 1e-6)
+    return np.repeat(np.rint(grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def slot_panels(
+    frames: np.ndarray,
+    reconstructions: np.ndarray,
+    masks: np.ndarray,
+    position: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+) -> list[list[np.ndarray]]:
+    """Rows of (H, W, 3) uint8 images over time: input, reconstruction, segmentation (argmax
+    slot in its colour, blended over the input), the depth map if given, then each slot's mask
+    times the input, with its position code marked (:func:`mark_position`) in the frames where
+    it is present. A mask beyond the slots (a background module's) comes last, unmarked.
+
+    frames uint8 (T, H, W, 3); reconstructions float (T, 3, H, W); masks float (T, M, H, W);
+    position (T, K, 4) and presence (T, K) of the K <= M slots; depth (T, H, W).
     """
     recon = _to_uint8(reconstructions)
     colours = slot_colours(masks.shape[1])
     segmentation = colours[masks.argmax(axis=1)]
     overlay = (0.45 * frames + 0.55 * segmentation).astype(np.uint8)
-    per_slot = (masks[..., None] * frames[:, None]).astype(np.uint8)  # (T, K, H, W, 3)
+    per_slot = (masks[..., None] * frames[:, None]).astype(np.uint8)  # (T, M, H, W, 3)
     rows = [list(frames), list(recon), list(overlay)]
-    rows += [list(per_slot[:, k]) for k in range(masks.shape[1])]
+    if depth is not None:
+        rows.append(list(depth_image(depth)))
+    for k in range(masks.shape[1]):
+        row = list(per_slot[:, k])
+        if position is not None and k < position.shape[1]:
+            shown = presence[:, k] > 0.5 if presence is not None else np.ones(len(row), bool)
+            row = [mark_position(image, position[t, k], colours[k]) if shown[t] else image for t, image in enumerate(row)]
+        rows.append(row)
     return rows
 
 
@@ -94,11 +134,17 @@ def save_gif(images: list[np.ndarray], path: str | os.PathLike, frame_ms: int = 
 
 
 def save_perception_pictures(
-    frames: np.ndarray, reconstructions: np.ndarray, masks: np.ndarray, prefix: str | os.PathLike, scale: int = 2
+    frames: np.ndarray,
+    reconstructions: np.ndarray,
+    masks: np.ndarray,
+    prefix: str | os.PathLike,
+    scale: int = 2,
+    **codes: np.ndarray | None,
 ) -> tuple[Path, Path]:
-    """PREFIX.png: the grid of :func:`slot_panels` over time; PREFIX.gif: per frame, input |
-    reconstruction | segmentation side by side. Returns both paths."""
-    rows = slot_panels(frames, reconstructions, masks)
+    """PREFIX.png: the grid of :func:`slot_panels` over time (``codes``: its ``position``,
+    ``presence`` and ``depth``); PREFIX.gif: per frame, input | reconstruction | segmentation
+    side by side. Returns both paths."""
+    rows = slot_panels(frames, reconstructions, masks, **codes)
     png = save_png(grid(rows, scale=scale), f"{prefix}.png")
     gif = save_gif(
         [grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif"
@@ -109,12 +155,21 @@ def save_perception_pictures(
 def save_video_pictures(model, frames: np.ndarray, prefix: str | os.PathLike, scale: int = 2) -> tuple[Path, Path]:
     """What a perception model makes of one video: ``frames`` uint8 (T, H, W, 3) encoded online
     (:func:`ocrl.evaluation.encode_video`), then :func:`save_perception_pictures` of the frames
-    at the model's resolution, its reconstructions and slot masks."""
+    at the model's resolution, its reconstructions, slot masks, position codes and (a model
+    that renders one, Loci-s) depth map."""
     from ocrl.evaluation import encode_video
     from ocrl.perception.frames import prepare_frames
 
     encoded = encode_video(model, frames[None])
     shown = _to_uint8(prepare_frames(frames, model.resolution, "cpu", resize=True).numpy())
+    depth = encoded.get("depth_map")
     return save_perception_pictures(
-        shown, encoded["reconstructions"][0].numpy(), encoded["masks"][0].numpy(), prefix, scale
+        shown,
+        encoded["reconstructions"][0].numpy(),
+        encoded["masks"][0].numpy(),
+        prefix,
+        scale,
+        position=encoded["position"][0].numpy(),
+        presence=encoded["presence"][0].numpy(),
+        depth=None if depth is None else depth[0].numpy(),
     )

@@ -359,8 +359,9 @@ def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
     for extra, message in ((["--steps", "3"], "per stage"), (["--conditional"], "without ground truth")):
         assert main([*base, *extra]) != 0
         assert message in capsys.readouterr().err
-    assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), "--foreground", "median"]) != 0
-    assert "--model loci" in capsys.readouterr().err
+    for extra in (["--foreground", "median"], ["--stage-steps", "1", "1", "1"]):
+        assert main(["pretrain", "--data", str(store.path), "--out", str(tmp_path / "sa"), *extra]) != 0
+        assert "--model loci" in capsys.readouterr().err
 
 
 def test_speed_tool_measures_a_loci_model():

@@ -63,6 +63,13 @@ def add_pretrain(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, help="optimisation steps (default from --config)")
     parser.add_argument("--batch-size", type=positive_int, help="clips per step and process (default from --config)")
     parser.add_argument("--slots", type=positive_int, help="slots per frame (default from --config)")
+    parser.add_argument(
+        "--stage-steps",
+        nargs=3,
+        type=non_negative_int,
+        metavar=("BACKGROUND", "OBJECTS", "FULL"),
+        help="loci: steps of its three stages (default from --config; 0 skips a stage, e.g. the objects stage on stores without masks)",
+    )
     add_device(parser, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     add_tensorboard(parser)
     parser.add_argument(
@@ -75,8 +82,8 @@ def add_pretrain(subparsers) -> None:
 def run_pretrain(args: argparse.Namespace) -> int:
     if args.model == LOCI:
         return _run_pretrain_loci(args)
-    if args.foreground is not None:
-        raise OcrlError("--foreground is for --model loci")
+    if args.foreground is not None or args.stage_steps is not None:
+        raise OcrlError("--foreground and --stage-steps are for --model loci")
     from ocrl.training import pretrain
 
     pretrain(
@@ -100,12 +107,13 @@ def _run_pretrain_loci(args: argparse.Namespace) -> int:
     if args.conditional:
         raise OcrlError("--conditional is not for --model loci: Loci-s assigns its slots without ground truth")
     if args.steps is not None or args.batch_size is not None:
-        raise OcrlError("--steps and --batch-size are per stage for --model loci; use a --config preset")
+        raise OcrlError("--steps and --batch-size are per stage for --model loci; use --stage-steps or a --config preset")
     pretrain_loci(
         args.data,
         args.out,
         preset=args.config,
         num_slots=args.slots,
+        steps=None if args.stage_steps is None else tuple(args.stage_steps),
         device=args.device,
         tensorboard=args.tensorboard,
         foreground_target=args.foreground,
