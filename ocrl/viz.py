@@ -102,7 +102,9 @@ def slot_panels(
         row = list(per_slot[:, k])
         if position is not None and k < position.shape[1]:
             shown = presence[:, k] > 0.5 if presence is not None else np.ones(len(row), bool)
-            row = [mark_position(image, position[t, k], colours[k]) if shown[t] else image for t, image in enumerate(row)]
+            row = [
+                mark_position(image, position[t, k], colours[k]) if shown[t] else image for t, image in enumerate(row)
+            ]
         rows.append(row)
     return rows
 

@@ -47,7 +47,9 @@ def shrink(words: list[str]) -> list[str]:
 
     extra = {
         "collect": ["--episodes", str(min(6, int(value("--episodes", "6")))), "--num-envs", "2"],
-        "pretrain": ["--stage-steps", "1", "1", "1"] if value("--model") == "loci" else ["--steps", "2", "--batch-size", "2"],
+        "pretrain": ["--stage-steps", "1", "1", "1"]
+        if value("--model") == "loci"
+        else ["--steps", "2", "--batch-size", "2"],
         "eval-perception": ["--episodes", "2"],
         "train-agent": [
             "--steps",

@@ -107,7 +107,9 @@ def _run_pretrain_loci(args: argparse.Namespace) -> int:
     if args.conditional:
         raise OcrlError("--conditional is not for --model loci: Loci-s assigns its slots without ground truth")
     if args.steps is not None or args.batch_size is not None:
-        raise OcrlError("--steps and --batch-size are per stage for --model loci; use --stage-steps or a --config preset")
+        raise OcrlError(
+            "--steps and --batch-size are per stage for --model loci; use --stage-steps or a --config preset"
+        )
     pretrain_loci(
         args.data,
         args.out,
