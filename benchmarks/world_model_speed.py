@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--world-model", help="world-model checkpoint (default: untrained, default config)")
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0")
     parser.add_argument("--width", type=int, help="width of the untrained model (default: the config's)")
+    parser.add_argument("--layers", type=int, help="layers of the untrained model (default: the config's)")
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
     parser.add_argument("--imagined-envs", type=int, default=64)
     parser.add_argument("--real-envs", type=int, nargs="+", default=[8, 64])
@@ -50,6 +51,7 @@ def main() -> None:
                 perception=ocrl.DEFAULT_PERCEPTION,
                 env_id=args.env,
                 **({} if args.width is None else {"width": args.width}),
+                **({} if args.layers is None else {"num_layers": args.layers}),
             )
         ).eval()
     )
@@ -73,6 +75,7 @@ def main() -> None:
         "env": args.env,
         "world_model": args.world_model or "untrained default config",
         "width": model.config.width,
+        "layers": model.config.num_layers,
         "steps_per_measurement": args.steps,
         "torch_threads": torch.get_num_threads(),
         "rates": rates,

@@ -9,7 +9,9 @@ On the matched pairs:
 - ``colour_accuracy`` / ``shape_accuracy``: a linear probe (multinomial logistic regression on
   the standardised slot vector) fitted on the pairs of one store and scored on another's
   (held out); ``chance`` is the share of the most frequent class among the held-out pairs;
-- ``position_error``: mean |x - x_true| and |y - y_true| of the position codes (both in [-1, 1]);
+- ``position_error``: mean |x - x_true| and |y - y_true| of the position codes (both in [-1, 1]),
+  and ``position_bias``: the mean signed x - x_true and y - y_true (a constant offset, which
+  relative positions between slots do not show);
 - ``depth_order``: over pairs of matched objects in one frame whose true depths differ, the
   share whose position-code depths (``position[..., 3]``) order them the same way;
 - ``psnr``: of the model's reconstruction against the frame, at the model's resolution.
@@ -190,9 +192,9 @@ def probe_scores(train: MatchedSlots, test: MatchedSlots) -> dict[str, Any]:
         _, counts = np.unique(labels, return_counts=True)
         result[f"{name}_accuracy"] = linear_probe(train.slots, getattr(train, name), test.slots, labels)
         result[f"{name}_chance"] = float(counts.max() / counts.sum())
-    result["position_error_x"], result["position_error_y"] = (
-        float(value) for value in np.abs(test.position[:, :2] - test.true_position).mean(0)
-    )
+    error = test.position[:, :2] - test.true_position
+    result["position_error_x"], result["position_error_y"] = (float(value) for value in np.abs(error).mean(0))
+    result["position_bias_x"], result["position_bias_y"] = (float(value) for value in error.mean(0))
     result["depth_order"] = depth_order(test.position[:, 3], test.true_depth, test.frame)
     result["psnr"] = float(test.psnr.mean())
     result["matched_share"] = len(test.slots) / max(test.objects, 1)

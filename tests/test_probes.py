@@ -8,7 +8,7 @@ import pytest
 import ocrl
 from ocrl.data.collect import collect
 from ocrl.errors import OcrlError
-from ocrl.probes import depth_order, linear_probe, match_frame, match_slots, probe_scores
+from ocrl.probes import MatchedSlots, depth_order, linear_probe, match_frame, match_slots, probe_scores
 
 
 def test_match_frame_pairs_each_object_with_the_slot_that_wins_most_of_it():
@@ -65,3 +65,23 @@ def test_probe_scores_of_a_model_on_held_out_episodes(tiny_perception, tmp_path)
     assert 0.0 < scores["matched_share"] <= 1.0
     with pytest.raises(OcrlError, match="frames"):
         match_slots(model, test, num_frames=500, progress=False)
+
+
+def test_position_bias_is_the_constant_offset_and_error_its_size():
+    random = np.random.default_rng(0)
+    true = random.uniform(-1, 1, (40, 2))
+    position = np.concatenate([true + [0.1, -0.2], random.uniform(0, 1, (40, 2))], 1)
+    pairs = MatchedSlots(
+        slots=random.normal(size=(40, 3)),
+        position=position,
+        colour=np.array(["red", "blue"] * 20),
+        shape=np.array(["circle", "square"] * 20),
+        true_position=true,
+        true_depth=random.uniform(0, 1, 40),
+        frame=np.arange(40) // 4,
+        objects=40,
+        psnr=np.full(10, 20.0),
+    )
+    scores = probe_scores(pairs, pairs)
+    assert scores["position_bias_x"] == pytest.approx(0.1) and scores["position_bias_y"] == pytest.approx(-0.2)
+    assert scores["position_error_x"] == pytest.approx(0.1) and scores["position_error_y"] == pytest.approx(0.2)

@@ -53,6 +53,9 @@ class WorldModelConfig(JsonConfig):
     action_space: JSON description (:func:`ocrl.data.collect.describe_space`), Discrete or Box.
     env_id, env_kwargs: the env the training rollouts came from (imagination mimics it).
     history: most steps the model attends to.
+    width, num_layers: 96 and 2 by default: against width 128 and 3 layers, imagination is about
+        twice as fast (13x real env-steps/s against 6.8x) and the oracle world model still
+        finds 0.96 of held-out ObjectGoal rewards at precision 0.85 (benchmarks/RESULTS.md).
     """
 
     config_name = "world model config"  # where a from_dict error is, not a field
@@ -64,8 +67,8 @@ class WorldModelConfig(JsonConfig):
     env_id: str = "ocrl/ObjectGoal-v0"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     history: int = 8
-    width: int = 128
-    num_layers: int = 3
+    width: int = 96
+    num_layers: int = 2
     num_heads: int = 4
     mlp_ratio: int = 2
     reward_bins: int = 255
