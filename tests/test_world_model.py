@@ -450,12 +450,18 @@ def test_cli_trains_and_evaluates_a_world_model(store, tiny_perception, tmp_path
         "2",
         "--batch-size",
         "2",
+        "--width",
+        "32",
+        "--layers",
+        "1",
         "--history",
         "4",
         "--rollout-steps",
         "1",
     ]
     assert main(["train-world-model", *arguments]) == 0
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert (config["width"], config["num_layers"], config["history"]) == (32, 1, 4)
     assert (
         main(
             [

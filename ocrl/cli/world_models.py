@@ -52,6 +52,8 @@ def add_train_world_model(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
     parser.add_argument("--batch-size", type=positive_int, help="windows per step (default 32)")
     parser.add_argument("--history", type=positive_int, help="steps the model attends to (default 8)")
+    parser.add_argument("--width", type=positive_int, help="token width (default 96)")
+    parser.add_argument("--layers", type=positive_int, help="transformer layers (default 2)")
     parser.add_argument(
         "--rollout-steps", type=non_negative_int, help="open-loop steps of the rollout loss (default 3)"
     )
@@ -69,7 +71,8 @@ def run_train_world_model(args: argparse.Namespace) -> int:
         WorldModelTrainingConfig(seed=args.seed),
         **{key: value for key, value in overrides.items() if value is not None},
     )
-    model_config = {} if args.history is None else {"history": args.history}
+    sizes = {"history": args.history, "width": args.width, "num_layers": args.layers}
+    model_config = {key: value for key, value in sizes.items() if value is not None}
     perception = None if args.perception is None else perception_reference(args.perception)
     user_errors(
         lambda: train_world_model(

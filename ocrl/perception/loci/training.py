@@ -46,11 +46,13 @@ class LociTrainingConfig:
 
     background_steps: int = 800
     object_steps: int = 700
-    full_steps: int = 150
+    # 300 steps on 6-frame clips: with 150 on 3-frame clips the slots' size codes grew each frame
+    # (0.17 -> 0.48 over 24 frames) until slots merged and objects lost theirs (RESULTS.md)
+    full_steps: int = 300
     background_batch_size: int = 16
     object_batch_size: int = 8
     full_batch_size: int = 4
-    clip_length: int = 3
+    clip_length: int = 6
     learning_rate: float = 4e-4
     warmup_steps: int = 50
     final_learning_rate_fraction: float = 0.05
