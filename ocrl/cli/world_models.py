@@ -53,7 +53,9 @@ def add_train_world_model(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="windows per step (default 32)")
     parser.add_argument("--history", type=positive_int, help="steps the model attends to (default 8)")
     parser.add_argument("--width", type=positive_int, help="token width (default 96)")
-    parser.add_argument("--layers", type=positive_int, help="transformer layers (default 3; 2 imagine faster, less sharply)")
+    parser.add_argument(
+        "--layers", type=positive_int, help="transformer layers (default 3; 2 imagine faster, less sharply)"
+    )
     parser.add_argument(
         "--rollout-steps", type=non_negative_int, help="open-loop steps of the rollout loss (default 3)"
     )
