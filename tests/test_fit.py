@@ -170,6 +170,10 @@ def _distributed_worker(rank: int, world_size: int, port: int, out: str) -> None
     weights = [torch.zeros_like(model.weight) for _ in range(world_size)]
     torch.distributed.all_gather(weights, model.weight.detach())
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], torch.zeros_like(weights[0]))
+    # both ranks past every collective before either tears gloo down: without this barrier a rank
+    # that exits while the other still finishes its all_gather aborts now and then (SIGABRT,
+    # "terminate called without an active exception"; seen once in CI on 2026-11-25)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
