@@ -43,17 +43,11 @@ def main() -> None:
     parser.add_argument("--real-envs", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    sizes = {key: value for key, value in {"width": args.width, "num_layers": args.layers}.items() if value is not None}
     model = (
         load_world_model(args.world_model, device="cpu")
         if args.world_model
-        else SlotWorldModel(
-            WorldModelConfig(
-                perception=ocrl.DEFAULT_PERCEPTION,
-                env_id=args.env,
-                **({} if args.width is None else {"width": args.width}),
-                **({} if args.layers is None else {"num_layers": args.layers}),
-            )
-        ).eval()
+        else SlotWorldModel(WorldModelConfig(perception=ocrl.DEFAULT_PERCEPTION, env_id=args.env, **sizes)).eval()
     )
     imagined = ImaginationVecEnv(model, starts_from_env(model, 64), num_envs=args.imagined_envs)
     real = {

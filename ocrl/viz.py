@@ -141,12 +141,13 @@ def save_perception_pictures(
     masks: np.ndarray,
     prefix: str | os.PathLike,
     scale: int = 2,
-    **codes: np.ndarray | None,
+    position: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
 ) -> tuple[Path, Path]:
-    """PREFIX.png: the grid of :func:`slot_panels` over time (``codes``: its ``position``,
-    ``presence`` and ``depth``); PREFIX.gif: per frame, input | reconstruction | segmentation
-    side by side. Returns both paths."""
-    rows = slot_panels(frames, reconstructions, masks, **codes)
+    """PREFIX.png: the grid of :func:`slot_panels` over time; PREFIX.gif: per frame, input |
+    reconstruction | segmentation side by side. Returns both paths."""
+    rows = slot_panels(frames, reconstructions, masks, position, presence, depth)
     png = save_png(grid(rows, scale=scale), f"{prefix}.png")
     gif = save_gif(
         [grid([[rows[0][t], rows[1][t], rows[2][t]]], scale=scale) for t in range(len(frames))], f"{prefix}.gif"
