@@ -356,7 +356,11 @@ def test_cli_refuses_options_that_loci_does_not_take(store, tmp_path, capsys):
     from ocrl.cli import main
 
     base = ["pretrain", "--model", "loci", "--data", str(store.path), "--out", str(tmp_path / "loci")]
-    for extra, message in ((["--steps", "3"], "per stage"), (["--conditional"], "without ground truth")):
+    for extra, message in (
+        (["--steps", "3"], "per stage"),
+        (["--conditional"], "without ground truth"),
+        (["--stage-steps", "0", "0", "0"], "all 0"),
+    ):
         assert main([*base, *extra]) != 0
         assert message in capsys.readouterr().err
     for extra in (["--foreground", "median"], ["--stage-steps", "1", "1", "1"]):

@@ -110,6 +110,8 @@ def _run_pretrain_loci(args: argparse.Namespace) -> int:
         raise OcrlError(
             "--steps and --batch-size are per stage for --model loci; use --stage-steps or a --config preset"
         )
+    if args.stage_steps is not None and not any(args.stage_steps):
+        raise OcrlError("--stage-steps are all 0: give at least one stage steps")
     pretrain_loci(
         args.data,
         args.out,
