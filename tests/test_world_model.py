@@ -221,6 +221,8 @@ def test_training_writes_a_checkpoint_and_resumes(world_model, store, tiny_perce
             training=training,
             progress=False,
         )
+    with pytest.raises(OcrlError, match="num_slots come from the data"):
+        train_world_model(store.path, world_model, tiny_perception, model_config={"num_slots": 3}, progress=False)
 
 
 def test_training_lowers_the_loss(store, tiny_perception):
@@ -726,6 +728,14 @@ def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_pat
     assert (tmp_path / "run" / "agent" / "model.safetensors").stat().st_mtime_ns == stamp
     longer = dataclasses.replace(config, rounds=3)
     assert [row["round"] for row in dream(longer, tmp_path / "run", progress=False)] == [0, 1, 2]
+    # the run stored every size of its world model: a rerun that names none keeps them
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["world_model"]
+    assert saved["mlp_ratio"] == WorldModelConfig.mlp_ratio and saved["width"] == 32
+    assert len(dream(dataclasses.replace(longer, world_model={}), tmp_path / "run", progress=False)) == 3
+    with pytest.raises(OcrlError, match="another config"):
+        dream(dataclasses.replace(longer, world_model={"width": 64}), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="not num_slots"):
+        dataclasses.replace(config, world_model={"num_slots": 3})
     with pytest.raises(OcrlError, match="another config"):
         dream(dataclasses.replace(config, episodes_per_round=4), tmp_path / "run", progress=False)
     assert main(["dream", "--out", str(tmp_path / "cli"), "--observation", "pixels"]) == 2

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ocrl.agents.ground_truth import GROUND_TRUTH
 from ocrl.config_json import JsonConfig
 from ocrl.errors import OcrlError
 from ocrl.files import write_atomically
+from ocrl.world_models.model import WorldModelConfig
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.csv"
@@ -49,7 +50,9 @@ class DreamConfig(JsonConfig):
     episodes_per_round: real episodes collected each round.
     world_model_steps, agent_steps: training steps of the world model and imagined agent steps,
         each round.
-    world_model: overrides of :class:`~ocrl.world_models.WorldModelConfig` fields.
+    world_model: overrides of :class:`~ocrl.world_models.WorldModelConfig` fields; a new run
+        stores all of its sizes, so that a rerun keeps the world model it started with when the
+        defaults change.
     algo_kwargs: the agent's, over ``ocrl train-agent``'s PPO defaults.
     """
 
@@ -77,6 +80,10 @@ class DreamConfig(JsonConfig):
             raise ValueError(
                 "rounds, episodes_per_round, world_model_steps, agent_steps and eval_episodes must be positive"
             )
+        sizes = WorldModelConfig().sizes()
+        unknown = sorted(set(self.world_model) - set(sizes))
+        if unknown:
+            raise ValueError(f"world_model takes {', '.join(sizes)}; not {', '.join(unknown)}")
 
     def rounds_match(self, other: DreamConfig) -> bool:
         """Whether ``other`` continues this run: the same config up to the number of rounds."""
@@ -97,8 +104,11 @@ def dream(
     out.mkdir(parents=True, exist_ok=True)
     if (out / CONFIG_FILE).exists():
         saved = DreamConfig.from_dict(json.loads((out / CONFIG_FILE).read_bytes()))
+        config = replace(config, world_model={**saved.world_model, **config.world_model})
         if not saved.rounds_match(config):
             raise OcrlError(f"{out} holds a run of another config; pass another --out to start a new one")
+    else:
+        config = replace(config, world_model=WorldModelConfig(**config.world_model).sizes())
     write_atomically(out / CONFIG_FILE, lambda file: file.write(json.dumps(config.to_dict(), indent=1).encode()))
     rows = read_curve(out / ROUNDS_FILE) if (out / ROUNDS_FILE).exists() else []
     perception = GROUND_TRUTH if config.observation == GROUND_TRUTH else config.perception or ocrl.DEFAULT_PERCEPTION

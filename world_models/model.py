@@ -44,6 +44,10 @@ from ocrl.slots import SlotCodes
 ACTION_TYPES = ("Discrete", "Box")
 
 
+# fields train_world_model takes from the data, not from the caller's overrides
+DATA_FIELDS = ("num_slots", "slot_dim", "perception", "action_space", "env_id", "env_kwargs")
+
+
 @dataclass
 class WorldModelConfig(JsonConfig):
     """What a world model is: stored in its checkpoint's config.json.
@@ -84,6 +88,10 @@ class WorldModelConfig(JsonConfig):
             raise ValueError("num_slots, slot_dim, history, width and num_layers must be positive")
         if self.reward_bins < 2 or self.reward_limit <= 0:
             raise ValueError("reward_bins must be at least 2 and reward_limit positive")
+
+    def sizes(self) -> dict[str, Any]:
+        """The fields a caller chooses (``history``, ``width``, ...): all but :data:`DATA_FIELDS`."""
+        return {key: value for key, value in self.to_dict().items() if key not in DATA_FIELDS}
 
     @property
     def action_size(self) -> int:

@@ -34,7 +34,7 @@ from ocrl.fit import fit, resume_or_build, start_process
 from ocrl.preflight import preflight
 from ocrl.slots import SlotCodes
 from ocrl.world_models.codes import CodeCache, Transitions, Window, code_source, encode_store
-from ocrl.world_models.model import SlotWorldModel, WorldModelConfig, position_error, slot_error
+from ocrl.world_models.model import DATA_FIELDS, SlotWorldModel, WorldModelConfig, position_error, slot_error
 
 
 @dataclass
@@ -155,6 +155,9 @@ def train_world_model(
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     preflight(checkpoint=out, stores=paths, stores_need_actions=True, device=device)
     training = training or WorldModelTrainingConfig()
+    taken = sorted(set(model_config or {}) & set(DATA_FIELDS))
+    if taken:
+        raise OcrlError(f"{', '.join(taken)} come from the data and the perception model, not from model_config")
     history = (model_config or {}).get("history", WorldModelConfig.history)
     if training.rollout_steps >= history:
         raise OcrlError(f"rollout_steps ({training.rollout_steps}) must be below the history ({history})")

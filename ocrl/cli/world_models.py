@@ -51,11 +51,7 @@ def add_train_world_model(subparsers) -> None:
     )
     parser.add_argument("--steps", type=positive_int, help="training steps (default 4000)")
     parser.add_argument("--batch-size", type=positive_int, help="windows per step (default 32)")
-    parser.add_argument("--history", type=positive_int, help="steps the model attends to (default 8)")
-    parser.add_argument("--width", type=positive_int, help="token width (default 96)")
-    parser.add_argument(
-        "--layers", type=positive_int, help="transformer layers (default 3; 2 imagine faster, less sharply)"
-    )
+    add_world_model_sizes(parser)
     parser.add_argument(
         "--rollout-steps", type=non_negative_int, help="open-loop steps of the rollout loss (default 3)"
     )
@@ -63,6 +59,20 @@ def add_train_world_model(subparsers) -> None:
     parser.add_argument("--seed", default=0, type=non_negative_int, help="seed (default 0)")
     add_device(parser)
     add_tensorboard(parser)
+
+
+def add_world_model_sizes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--history", type=positive_int, help="steps the world model attends to (default 8)")
+    parser.add_argument("--width", type=positive_int, help="world-model token width (default 96)")
+    parser.add_argument(
+        "--layers", type=positive_int, help="world-model transformer layers (default 3; 2 imagine faster, less sharply)"
+    )
+
+
+def world_model_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The sizes given on the command line, as WorldModelConfig overrides."""
+    sizes = {"history": args.history, "width": args.width, "num_layers": args.layers}
+    return {key: value for key, value in sizes.items() if value is not None}
 
 
 def run_train_world_model(args: argparse.Namespace) -> int:
@@ -73,15 +83,13 @@ def run_train_world_model(args: argparse.Namespace) -> int:
         WorldModelTrainingConfig(seed=args.seed),
         **{key: value for key, value in overrides.items() if value is not None},
     )
-    sizes = {"history": args.history, "width": args.width, "num_layers": args.layers}
-    model_config = {key: value for key, value in sizes.items() if value is not None}
     perception = None if args.perception is None else perception_reference(args.perception)
     user_errors(
         lambda: train_world_model(
             args.data,
             args.out,
             perception,
-            model_config=model_config,
+            model_config=world_model_sizes(args),
             training=training,
             cache=args.cache,
             device=args.device,
@@ -174,6 +182,7 @@ def add_dream(subparsers) -> None:
     parser.add_argument(
         "--eval-episodes", default=100, type=positive_int, help="held-out real episodes per evaluation (default 100)"
     )
+    add_world_model_sizes(parser)
     parser.add_argument("--algo-kwargs", default={}, type=json_object, help="JSON object over the agent's PPO defaults")
     parser.add_argument(
         "--seed", default=0, type=non_negative_int, help="seed of the world model and agent (default 0)"
@@ -196,6 +205,7 @@ def run_dream(args: argparse.Namespace) -> int:
             world_model_steps=args.world_model_steps,
             agent_steps=args.agent_steps,
             eval_episodes=args.eval_episodes,
+            world_model=world_model_sizes(args),
             algo_kwargs=args.algo_kwargs,
             seed=args.seed,
         )
