@@ -126,13 +126,15 @@ class WorldModelOutput:
 
 @dataclass
 class AttentionCache:
-    """Keys and values of the last ``history`` steps of B episodes, for stepping one step at a
-    time. Ring buffers: step t lives in slot ``t % history``; ``steps`` (B, history) says which
-    step each slot holds (-1: none)."""
+    """Keys and values of the last ``history`` steps of B episodes, stepped together one step at
+    a time. One ring buffer for all: call n writes every episode's step to slot ``n % history``
+    (a plain slice, where a slot per episode would scatter); ``steps`` (B, history) says which
+    step of its episode each slot holds (-1: none), which is all attention reads of the order."""
 
     keys: list[torch.Tensor]  # per layer (B, heads, history, K + 1, head width)
     values: list[torch.Tensor]
     steps: torch.Tensor  # (B, history) long
+    calls: int = 0
 
     def clear(self, rows: torch.Tensor) -> None:
         """Forget the history of episodes ``rows`` (they start again)."""
@@ -158,13 +160,13 @@ class AttentionBlock(nn.Module):
         self,
         x: torch.Tensor,
         bias: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> torch.Tensor:
         """x (B, N, W); bias (B or 1, heads, N or 1, keys), -inf where attention is blocked.
 
-        Without ``cache`` x attends to itself (keys = N). With ``cache`` = (keys, values, rows,
-        slot), buffers (B, heads, slots, N, W / heads): x's keys and values are written to
-        ``slot`` (B,) of each row, then x attends to all slots (keys = slots * N).
+        Without ``cache`` x attends to itself (keys = N). With ``cache`` = (keys, values, slot),
+        buffers (B, heads, slots, N, W / heads): x's keys and values are written to ``slot``,
+        then x attends to all slots (keys = slots * N).
         """
         batch, tokens, width = x.shape
         # view/permute rather than einops: imagination calls this thousands of times a second
@@ -174,9 +176,9 @@ class AttentionBlock(nn.Module):
             .permute(2, 0, 3, 1, 4)
         )
         if cache is not None:
-            keys, values, rows, slot = cache
-            keys[rows, :, slot] = k
-            values[rows, :, slot] = v
+            keys, values, slot = cache
+            keys[:, :, slot] = k
+            values[:, :, slot] = v
             k, v = keys.flatten(2, 3), values.flatten(2, 3)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
@@ -199,7 +201,7 @@ class OutcomeHead(nn.Module):
         self.first = nn.Linear(token, width)
         self.second = nn.Linear(token, width, bias=False)
         self.relative = nn.Linear(4, width, bias=False)
-        self.pair = nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU())
+        self.pair = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(width, width), nn.ReLU(inplace=True))
         self.out = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, config.reward_bins + 1))
         with torch.no_grad():  # before training: reward 0 (uniform over symmetric bins), episodes continue (0.95)
             self.out[-1].weight.zero_()
@@ -369,9 +371,9 @@ class SlotWorldModel(nn.Module):
         start), actions (B,) or (B, A). Caches this step, attending to it and the cached ones."""
         self._check(codes)
         x = self._tokens(codes._map(lambda tensor: tensor[:, None]), actions[:, None])[:, 0]  # (B, K + 1, width)
-        rows = torch.arange(len(steps), device=x.device)
-        slot = steps % self.config.history
-        cache.steps[rows, slot] = steps
+        slot = cache.calls % self.config.history
+        cache.calls += 1
+        cache.steps[:, slot] = steps
         distance = (steps[:, None] - cache.steps).repeat_interleave(self.config.num_slots + 1, 1)[
             :, None
         ]  # (B, 1, keys)
@@ -382,7 +384,7 @@ class SlotWorldModel(nn.Module):
         )
         bias = self._bias(distance, allowed)  # (B, heads, 1, keys): the same for every new token
         for layer, block in enumerate(self.blocks):
-            x = block(x, bias, (cache.keys[layer], cache.values[layer], rows, slot))
+            x = block(x, bias, (cache.keys[layer], cache.values[layer], slot))
         return self._heads(codes, x)
 
 
