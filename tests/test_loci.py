@@ -210,6 +210,29 @@ def test_render_decodes_the_rgb_that_step_leaves_out(model):
     assert bool((state.posterior.occupancy > 0).any())
 
 
+def test_draw_turns_codes_back_into_the_frame_of_their_slots(model):
+    """Codes alone (a world model predicts nothing else) give the slots' masks and RGB, composed
+    by their own masks over the background of a given frame; slots of presence <= 0.5 get none."""
+    state = model.init_state(2)
+    _, state = model.step(frames(seed=3), state, is_first=True)
+    torch.manual_seed(2)
+    position = torch.cat([torch.rand(2, 3, 2) - 0.5, torch.full((2, 3, 1), 0.3), torch.randn(2, 3, 1)], -1)
+    state.prior = LociSlots(torch.rand(2, 3, model.slot_dim), position, torch.tensor([[1.0, 1, 0], [1, 1, 0]]))
+    codes, state = model.step(frames(seed=3), state, is_first=False)
+    slots = state.posterior
+    presence = slots.occupancy * torch.tensor([[1.0, 1, 1], [1, 0.2, 1]])  # stream 1 loses slot 1
+    drawn = model.draw(SlotCodes(codes.slots, codes.position, presence), frames(seed=3))
+    with torch.no_grad():
+        background = model.background(prepare_frames(frames(seed=3), 32, model.device))
+        kept = LociSlots(slots.gestalt, slots.position, (presence > 0.5).float())
+        _, expected = model.decode(kept, dataclasses.replace(background, foreground=None))
+    assert bool((kept.occupancy.sum(1) > 0).all()) and kept.occupancy[1, 1] == 0
+    torch.testing.assert_close(drawn.masks, expected.weights, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(drawn.reconstruction, expected.rgb, atol=1e-4, rtol=1e-4)
+    assert float(drawn.masks[1, 1].abs().max()) == 0.0
+    torch.testing.assert_close(drawn.masks.sum(1) + drawn.background_mask, torch.ones(2, 32, 32))
+
+
 def test_composition_sums_to_one_and_the_nearest_slot_wins():
     torch.manual_seed(0)
     batch, slots, size = 2, 4, 8

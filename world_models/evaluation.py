@@ -140,8 +140,11 @@ def evaluate_world_model(
             real = prepare_frames(
                 frames.reshape(-1, *frames.shape[2:]), perception.resolution, perception.device, resize=True
             )
+            # drawn over the last observed frame (what the codes do not hold, e.g. a background)
+            seen = np.stack([store.episode(e).frames(s + context - 1, s + context) for e, s in chunk])
+            seen = np.repeat(seen, horizon, axis=1).reshape(-1, *seen.shape[2:])
             decoded = {
-                name: perception.decode(value.slots.flatten(0, 1).to(perception.device))
+                name: perception.draw(value._map(lambda tensor: tensor.flatten(0, 1)), seen)
                 for name, value in (("", predicted), ("_copy_last", copied), ("_perception", target))
             }
             for name, output in decoded.items():
@@ -248,10 +251,12 @@ def save_imagination_pictures(
     )
     actions = torch.as_tensor(record.actions[: len(video) - 1], device=model.device)[None]
     imagined = open_loop(model, real, actions, context, len(video) - context)
-    slots = torch.cat([real.slots[0, :context], imagined.slots[0]])
     shown = _to_uint8(prepare_frames(video, perception.resolution, "cpu", resize=True).numpy())
-    decoded_real = perception.decode(real.slots[0].to(perception.device))
-    decoded = perception.decode(slots.to(perception.device))
+    # codes drawn over their own frame (what codes do not hold, e.g. a background); imagined ones
+    # over the last frame the model saw
+    decoded_real = perception.draw(real[0], video)
+    seen = np.concatenate([video[:context], np.repeat(video[context - 1 : context], len(video) - context, 0)])
+    decoded = perception.draw(SlotCodes.cat([real[0, :context], imagined[0]], dim=0), seen)
     segmentation = slot_colours(model.config.num_slots)[decoded.masks.float().argmax(1).cpu().numpy()]
     rows = [
         list(shown),

@@ -289,6 +289,13 @@ class VideoSlotModel(nn.Module):
         """slots (B, K, D) -> :class:`DecoderOutput`."""
         return self.decoder(slots)
 
+    @torch.no_grad()
+    def draw(self, codes: SlotCodes, frames: Any = None) -> DecoderOutput:
+        """Frames (B,) drawn from codes alone, e.g. a world model's predictions. Every perception
+        model has ``draw``; ``frames`` (a real frame of each scene) give what the codes do not
+        hold, which here is nothing: the slots alone are decoded."""
+        return self.decoder(codes.slots.to(self.device))
+
     def render(self, state: PerceptionState) -> DecoderOutput:
         """The last frame's masks (B, K, H, W) and reconstruction (B, 3, H, W), decoded from the
         state's slots (every perception model has ``render``; evaluation and pictures use it)."""

@@ -504,6 +504,25 @@ class LociModel(nn.Module):
         started = torch.ones_like(state.started)
         return codes, LociState(prior, posterior, hidden, started, composition, images, background.rgb)
 
+    @torch.no_grad()
+    def draw(self, codes: SlotCodes, frames: Any) -> LociRendering:
+        """Frames (B,) drawn from codes alone, e.g. a world model's predictions, over the
+        background of ``frames`` (uint8 (B, H, W, 3) or float (B, 3, H, W): a real frame of each
+        scene, e.g. the last one observed; the codes hold no background). Slots of presence
+        above 0.5 are decoded and composed by their own masks: the uncertainty map that splits
+        a real frame needs that frame."""
+        frames = prepare_frames(frames, self.resolution, self.device)
+        codes = codes.to(self.device)
+        background = self.background(frames)
+        priority = torch.logit(codes.position[..., 3:].clamp(1e-4, 1 - 1e-4))
+        slots = LociSlots(
+            codes.slots.clamp(0, 1),
+            torch.cat([codes.position[..., :3], priority], dim=-1),
+            (codes.presence > 0.5).float(),
+        )
+        images, composition = self.decode(slots, replace(background, foreground=None))
+        return LociRendering(composition.weights, composition.background, composition.rgb, composition.depth)
+
     def render(self, state: LociState) -> LociRendering:
         """The last frame's visible masks, background mask, reconstruction and depth map.
 
