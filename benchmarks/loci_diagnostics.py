@@ -13,6 +13,10 @@ Prints JSON with, over the first ``--frames`` frames of each episode:
 - ``assignment``: online ``step`` (no ground truth): occupied slots minus visible objects per
   frame (mean, and the fraction of frames where they are equal), and video FG-ARI / mIoU as
   ``ocrl eval-perception`` computes them;
+- ``percept_gates``: the percept gates of every slot on later frames (Gestalt, position): mean,
+  and the fraction closed (0: the slot ignores the frame and keeps its prediction);
+- ``eval_perception_gates_open``: the same scores with every percept gate held open (each slot
+  takes what it observes), which says what the gates cost or gain;
 - ``step_frames_per_second``: ``step`` on later frames, batch 8, no masks.
 """
 
@@ -99,18 +103,35 @@ def seeded_from_truth(model, video: torch.Tensor, masks: torch.Tensor) -> float:
 @torch.no_grad()
 def assignment_counts(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     state = model.init_state(video.shape[0])
-    differences = []
-    for t in range(video.shape[1]):
-        codes, state = model.step(prepare_frames(video[:, t], model.resolution, "cpu", resize=True), state, t == 0)
-        occupied = (state.posterior.occupancy > 0).sum(dim=1).cpu()
-        ids = masks[:, t]
-        visible = torch.stack([(torch.bincount(frame.flatten(), minlength=64)[1:] >= 4).sum() for frame in ids])
-        differences.append(occupied - visible)
+    differences, gates = [], []
+    hook = model.gate.register_forward_hook(lambda module, inputs, alpha: gates.append(alpha.reshape(-1, 2)))
+    try:
+        for t in range(video.shape[1]):
+            frames = prepare_frames(video[:, t], model.resolution, "cpu", resize=True)
+            codes, state = model.step(frames, state, t == 0)
+            occupied = (state.posterior.occupancy > 0).sum(dim=1).cpu()
+            ids = masks[:, t]
+            visible = torch.stack([(torch.bincount(frame.flatten(), minlength=64)[1:] >= 4).sum() for frame in ids])
+            differences.append(occupied - visible)
+    finally:
+        hook.remove()
     differences = torch.stack(differences).float()
+    alpha = torch.cat(gates)
     return {
         "occupied_minus_visible": float(differences.mean()),
         "equal_fraction": float((differences == 0).float().mean()),
+        "percept_gates": {
+            "gestalt_mean": float(alpha[:, 0].mean()),
+            "gestalt_closed": float((alpha[:, 0] == 0).float().mean()),
+            "position_mean": float(alpha[:, 1].mean()),
+            "position_closed": float((alpha[:, 1] == 0).float().mean()),
+        },
     }
+
+
+def scores(model, store: RolloutStore, frames: int, episodes: int) -> dict[str, float]:
+    results = evaluate_perception(model, store, num_frames=frames, max_episodes=episodes, progress=False)
+    return {key: value for key, value in results.items() if key in ("fg_ari", "fg_ari_frame", "miou", "mbo", "videos")}
 
 
 def step_rate(model, batch_size: int = 8, repeats: int = 20) -> float:
@@ -142,14 +163,11 @@ def main() -> None:
         "background": background_scores(model, video, masks),
         "objects_seeded_from_truth_iou": seeded_from_truth(model, video, masks),
         "assignment": assignment_counts(model, video, masks),
-        "eval_perception": {
-            key: value
-            for key, value in evaluate_perception(
-                model, store, num_frames=args.frames, max_episodes=args.episodes, progress=False
-            ).items()
-            if key in ("fg_ari", "fg_ari_frame", "miou", "mbo", "videos")
-        },
+        "eval_perception": scores(model, store, args.frames, args.episodes),
     }
+    opened = model.gate.register_forward_hook(lambda module, inputs, alpha: torch.ones_like(alpha))
+    result["eval_perception_gates_open"] = scores(model, store, args.frames, args.episodes)
+    opened.remove()
     if args.speed:
         result["step_frames_per_second"] = step_rate(model)
     print(json.dumps(result, indent=2))

@@ -301,6 +301,11 @@ def test_every_stage_trains_its_own_parts():
         touched = {name.split(".")[0] for name, parameter in model.named_parameters() if parameter.grad is not None}
         assert touched <= trained and touched & trained
     assert bool(model.depth_supervised)
+    # the full stage weighs the L0 of the percept gates and of the GateL0RD gates apart
+    transition = model.config.transition
+    weights = {"percept_gates": transition.percept_gate_l0, "gates": transition.transition_gate_l0, "coverage": 0.1}
+    expected = sum(weights.get(name, 1.0) * value for name, value in output.losses.items())
+    assert set(weights) <= set(output.losses) and torch.allclose(output.loss, expected)
 
 
 def test_bad_inputs_raise_clear_errors(model):
@@ -322,6 +327,10 @@ def test_bad_inputs_raise_clear_errors(model):
     config = tiny_loci_config()
     config.assignment.kind = "oracle"
     with pytest.raises(ValueError, match="assignment"):
+        build_loci(config)
+    config = tiny_loci_config()
+    config.transition.percept_gate_l0 = -1.0
+    with pytest.raises(ValueError, match="percept_gate_l0"):
         build_loci(config)
 
 

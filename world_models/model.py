@@ -161,12 +161,14 @@ class AttentionBlock(nn.Module):
         x: torch.Tensor,
         bias: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+        queries: int | None = None,
     ) -> torch.Tensor:
         """x (B, N, W); bias (B or 1, heads, N or 1, keys), -inf where attention is blocked.
 
         Without ``cache`` x attends to itself (keys = N). With ``cache`` = (keys, values, slot),
         buffers (B, heads, slots, N, W / heads): x's keys and values are written to ``slot``,
-        then x attends to all slots (keys = slots * N).
+        then x attends to all slots (keys = slots * N). ``queries``: only the first ``queries``
+        tokens are computed on (all give keys and values), e.g. the slots in a last layer.
         """
         batch, tokens, width = x.shape
         # view/permute rather than einops: imagination calls this thousands of times a second
@@ -180,6 +182,8 @@ class AttentionBlock(nn.Module):
             keys[:, :, slot] = k
             values[:, :, slot] = v
             k, v = keys.flatten(2, 3), values.flatten(2, 3)
+        if queries is not None:
+            q, x, tokens = q[:, :, :queries], x[:, :queries], queries
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
         return x + self.mlp(self.norm2(x))
@@ -323,7 +327,7 @@ class SlotWorldModel(nn.Module):
         return bias.masked_fill(~allowed[:, None], float("-inf"))
 
     def _heads(self, codes: SlotCodes, hidden: torch.Tensor) -> WorldModelOutput:
-        """Input codes (*batch) and final hidden tokens (*batch, K + 1, width) -> predictions."""
+        """Input codes (*batch) and final hidden tokens (*batch, K + 1 or K, width) -> predictions."""
         k, dim = self.config.num_slots, self.config.slot_dim
         hidden = self.norm(hidden)
         delta = self.slot_out(hidden[..., :k, :])
@@ -383,8 +387,11 @@ class SlotWorldModel(nn.Module):
             & (cache.steps >= 0).repeat_interleave(self.config.num_slots + 1, 1)[:, None]
         )
         bias = self._bias(distance, allowed)  # (B, heads, 1, keys): the same for every new token
+        last = len(self.blocks) - 1
         for layer, block in enumerate(self.blocks):
-            x = block(x, bias, (cache.keys[layer], cache.values[layer], slot))
+            # the action token's output of the last layer predicts nothing
+            queries = self.config.num_slots if layer == last else None
+            x = block(x, bias, (cache.keys[layer], cache.values[layer], slot), queries)
         return self._heads(codes, x)
 
 

@@ -676,7 +676,13 @@ class LociModel(nn.Module):
             batch, self.num_slots, self.transition.num_layers, self.transition.hidden_dim, device=self.device
         )
         last_position = prior.position
-        terms: dict[str, list[torch.Tensor]] = {"reconstruction": [], "prediction": [], "coverage": [], "gates": []}
+        terms: dict[str, list[torch.Tensor]] = {
+            "reconstruction": [],
+            "prediction": [],
+            "coverage": [],
+            "percept_gates": [],
+            "gates": [],
+        }
         if depth is not None:
             terms["depth"] = []
         renderings = []
@@ -693,7 +699,7 @@ class LociModel(nn.Module):
             terms["reconstruction"].append(F.mse_loss(composition.rgb, frames[:, t]))
             if t > 0:
                 terms["prediction"].append(F.mse_loss(last.prior_composition.rgb, frames[:, t]))
-                terms["gates"].append(l0_surrogate(last.alpha))
+                terms["percept_gates"].append(l0_surrogate(last.alpha))
             terms["gates"].append(l0_surrogate(gates))
             covered = (1 - composition.background).clamp(1e-4, 1 - 1e-4)
             terms["coverage"].append(F.binary_cross_entropy(covered, background.foreground[:, 0].detach()))
@@ -702,7 +708,12 @@ class LociModel(nn.Module):
             renderings.append(composition)
             last_position, prior = last.slots.position, next_prior
         losses = {name: torch.stack(values).mean() for name, values in terms.items() if values}
-        weights = {"gates": 0.01, "coverage": 0.1}
+        transition = self.config.transition
+        weights = {
+            "percept_gates": transition.percept_gate_l0,
+            "gates": transition.transition_gate_l0,
+            "coverage": 0.1,
+        }
         loss = sum(weights.get(name, 1.0) * value for name, value in losses.items())
         rendering = LociRendering(
             torch.stack([c.weights for c in renderings], 1),
