@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthCodes
-from ocrl.data.store import RolloutStore, _save_npz, episode_file_name
+from ocrl.data.store import PARSE_ERRORS, RolloutStore, _save_npz, episode_file_name
 from ocrl.errors import CorruptFileError, OcrlError
 from ocrl.files import write_atomically
 from ocrl.perception.encoder import SlotEncoder
@@ -315,7 +314,7 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in (*CODE_KEYS, *STEP_KEYS)}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (*PARSE_ERRORS, KeyError) as error:
         raise CorruptFileError(f"{path}: not a readable code file ({error}); delete it and encode again") from None
 
 

@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ocrl.data.store import PARSE_ERRORS
 from ocrl.errors import OcrlError
 
 # modules whose policy classes can be rebuilt; the class must also subclass SB3's BasePolicy
@@ -135,7 +136,7 @@ def load_sb3_policy(path: str | Path, env: gym.Env, deterministic: bool = False)
         with zipfile.ZipFile(path) as archive:
             data = json.loads(archive.read("data"))
             weights = archive.read("policy.pth")
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (*PARSE_ERRORS, KeyError) as error:
         raise OcrlError(f"{path} is not a Stable-Baselines3 zip ({error})") from None
 
     policy_class = _policy_class(path, data.get("policy_class"))

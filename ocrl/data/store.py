@@ -198,7 +198,7 @@ def write_episode(
 
 # what parsing a damaged file raises (found by flipping each bit of a file in turn): zipfile's
 # own errors, RuntimeError for a flipped "encrypted" flag, TokenError from a garbled npy header
-_PARSE_ERRORS = (
+PARSE_ERRORS = (
     zipfile.BadZipFile,
     zlib.error,
     ValueError,
@@ -223,7 +223,7 @@ class EpisodeFile:
             raise CorruptFileError(f"{path}: episode file is missing") from None
         try:
             self._zip = zipfile.ZipFile(self._file)
-        except _PARSE_ERRORS as error:
+        except PARSE_ERRORS as error:
             self._file.close()
             raise CorruptFileError(f"{path}: not a readable episode file ({error})") from None
         self._layouts: dict[str, tuple[np.ndarray, np.dtype, np.ndarray, int]] = {}
@@ -242,7 +242,7 @@ class EpisodeFile:
             return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
         except KeyError:
             raise CorruptFileError(f"{self.path}: member {name!r} is missing") from None
-        except _PARSE_ERRORS as error:
+        except PARSE_ERRORS as error:
             raise CorruptFileError(f"{self.path}: member {name!r} is corrupt ({error})") from None
 
     def per_frame(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -313,7 +313,7 @@ class EpisodeFile:
             )
         except KeyError:
             raise CorruptFileError(f"{self.path}: member {name!r} is missing") from None
-        except _PARSE_ERRORS as error:
+        except PARSE_ERRORS as error:
             raise CorruptFileError(f"{self.path}: member {name!r} is corrupt ({error})") from None
         sane = (
             info.compress_type == zipfile.ZIP_STORED
@@ -519,7 +519,7 @@ def check_episode_file(
         episode_file = episode._files.get(path)
         try:
             damaged = episode_file._zip.testzip()
-        except _PARSE_ERRORS as error:
+        except PARSE_ERRORS as error:
             return f"{path}: not a readable episode file ({error})"
         if damaged is not None:
             return f"{path}: member {damaged!r} fails its CRC check"
