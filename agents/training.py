@@ -383,8 +383,9 @@ def train_agent(
 def load_agent(
     path: str | os.PathLike, device: str | torch.device | None = None
 ) -> tuple[torch.nn.Module, AgentConfig]:
-    """(SB3 policy in eval mode, its :class:`AgentConfig`) from an agent checkpoint directory."""
-    policy, config = load_checkpoint(path, device=device)
+    """(SB3 policy in eval mode, its :class:`AgentConfig`) from an agent checkpoint directory
+    or a shipped agent's name (``ocrl.shipped_models()``)."""
+    policy, config = load_checkpoint(ocrl.checkpoint_path(path, "agent"), device=device)
     if not isinstance(config, AgentConfig):
         raise OcrlError(f"{path} is a checkpoint of a {type(config).__name__}, not an agent")
     return policy, config

@@ -17,14 +17,31 @@ __version__ = "0.1.0"
 
 MODELS_DIRECTORY = Path(__file__).parent / "models"
 # The shipped model that wrappers use when given none (trained on the built-in tasks).
-DEFAULT_PERCEPTION = "smoothsa-sprites"
+DEFAULT_PERCEPTION = "loci-sprites"
 
 
 def shipped_models() -> list[str]:
-    """Names of the trained perception checkpoints that ship with ocrl."""
+    """Names of the trained checkpoints that ship with ocrl (perception models and agents)."""
     if not MODELS_DIRECTORY.is_dir():
         return []
     return sorted(entry.name for entry in MODELS_DIRECTORY.iterdir() if (entry / "config.json").is_file())
+
+
+def checkpoint_path(name_or_path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """The checkpoint directory ``name_or_path`` names: a path, or a shipped model's name.
+    Raises :class:`ocrl.checkpoint.CheckpointError` (naming ``what`` was asked for and listing
+    the shipped names) when it is neither."""
+    from ocrl.checkpoint import CheckpointError
+
+    path = Path(name_or_path)
+    if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
+        return MODELS_DIRECTORY / str(name_or_path)
+    if not path.exists():
+        known = ", ".join(shipped_models()) or "none"
+        raise CheckpointError(
+            f"no {what} {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})"
+        )
+    return path
 
 
 def load_perception(name_or_path: str | os.PathLike, device=None):
@@ -36,14 +53,7 @@ def load_perception(name_or_path: str | os.PathLike, device=None):
     """
     from ocrl.checkpoint import PERCEPTION_KINDS, CheckpointError, read_checkpoint_config
 
-    path = Path(name_or_path)
-    if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
-        path = MODELS_DIRECTORY / str(name_or_path)
-    elif not path.exists():
-        known = ", ".join(shipped_models()) or "none"
-        raise CheckpointError(
-            f"no perception model {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})"
-        )
+    path = checkpoint_path(name_or_path, "perception model")
     _, header = read_checkpoint_config(path)
     if header["model_kind"] not in PERCEPTION_KINDS:
         raise CheckpointError(

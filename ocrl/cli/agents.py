@@ -134,7 +134,9 @@ def add_eval_agent(subparsers) -> None:
         help="success rate and return of a trained agent",
         description="Evaluate an agent checkpoint in its env (seeds apart from training's); prints JSON, optionally writes an episode GIF.",
     )
-    parser.add_argument("agent", type=Path, help="agent checkpoint directory from 'ocrl train-agent'")
+    parser.add_argument(
+        "agent", type=Path, help="agent checkpoint directory from 'ocrl train-agent', or a shipped agent's name"
+    )
     parser.add_argument("--episodes", default=20, type=positive_int, help="episodes (default 20)")
     parser.add_argument(
         "--seed", default=1_000_000, type=non_negative_int, help="seed of the first episode (default 1000000)"
