@@ -4,7 +4,8 @@
 2. load the shipped perception model, score it on held-out episodes (FG-ARI, mIoU) and draw
    what it sees (reconstruction and slot masks over time, PNG and GIF);
 3. train a perception model for a few steps to show that training works (and resumes);
-4. evaluate the shipped PPO agent that learned ObjectGoal from objects, and film one episode;
+4. evaluate the shipped PPO agents that learned ObjectGoal from slot codes and from true objects,
+   and film an episode of each (slot masks over the frames for the slot-code agent);
 5. train such an agent from scratch for a short while: its held-out success rises from random.
 
     .venv/bin/python examples/demo.py --out demo_out
@@ -28,7 +29,8 @@ from ocrl.evaluation import evaluate_perception
 from ocrl.training import pretrain
 from ocrl.viz import frame_strip, save_png, save_video_pictures
 
-SHIPPED_AGENT = "ppo-objectgoal-oracle"
+# ObjectGoal agents that ship: from the default model's slot codes, and from ground-truth objects
+SHIPPED_AGENTS = ("ppo-objectgoal-slots", "ppo-objectgoal-oracle")
 
 
 def main() -> None:
@@ -38,7 +40,9 @@ def main() -> None:
     parser.add_argument("--agent-env", default="ocrl/ObjectGoal-v0", help="task for the agent part")
     parser.add_argument("--episodes", type=int, default=32)
     parser.add_argument("--pretrain-steps", type=int, default=100)
-    parser.add_argument("--agent", default=SHIPPED_AGENT, help="agent to evaluate (shipped name or checkpoint)")
+    parser.add_argument(
+        "--agents", nargs="+", default=SHIPPED_AGENTS, help="agents to evaluate (shipped names or checkpoints)"
+    )
     parser.add_argument("--agent-steps", type=int, default=32_768)
     args = parser.parse_args()
     out = Path(args.out)
@@ -67,15 +71,19 @@ def main() -> None:
     )
     pretrain(store.path, out / "perception-checkpoint", family="smoothsa", steps=args.pretrain_steps)
 
-    print(f"\n== 4. the shipped agent {args.agent!r} on 100 held-out episodes (a random policy: 0.17)")
-    policy, agent_config = load_agent(args.agent)
-    result = evaluate_policy_in_env(policy, agent_config, episodes=100)
-    video = record_episode(policy, agent_config, out / "agent.gif")
-    print(f"held-out success {result['success_rate']:.2f}; one episode in {out / 'agent.gif'}: {video}")
+    print("\n== 4. shipped agents on 50 held-out episodes each (a random policy: 0.17)")
+    for name in args.agents:
+        policy, agent_config = load_agent(name)
+        result = evaluate_policy_in_env(policy, agent_config, episodes=50)
+        gif = out / f"{Path(name).name}.gif"
+        video = record_episode(policy, agent_config, gif)
+        print(
+            f"{name} ({agent_config.observation}): held-out success {result['success_rate']:.2f}; one episode in {gif}: {video}"
+        )
 
     print(
         f"\n== 5. PPO from ground-truth objects on {args.agent_env} for {args.agent_steps} steps "
-        "(the shipped agent's 200k take ~16 min; slot-code runs: benchmarks/RESULTS.md)"
+        "(the shipped oracle's 200k take ~16 min; slot-code agents step ~25x slower: benchmarks/RESULTS.md)"
     )
     metrics = train_agent(
         AgentConfig(env_id=args.agent_env, observation="ground_truth"),

@@ -210,6 +210,8 @@ def test_the_shipped_agent_loads_by_name_and_solves_held_out_episodes():
     assert (config.env_id, config.observation) == ("ocrl/ObjectGoal-v0", "ground_truth")
     result = evaluate_policy_in_env(policy, config, episodes=40, device="cpu", progress=False)
     assert result["success_rate"] >= 0.6
+    # the slot-code agent names the default model, by name
+    assert load_agent("ppo-objectgoal-slots", device="cpu")[1].perception == ocrl.DEFAULT_PERCEPTION
     with pytest.raises(ValueError, match="no agent 'no-such-agent'.*ppo-objectgoal-oracle"):
         load_agent("no-such-agent")
     with pytest.raises(ValueError, match="not a perception model"):
