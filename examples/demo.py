@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument(
         "--agents", nargs="+", default=SHIPPED_AGENTS, help="agents to evaluate (shipped names or checkpoints)"
     )
-    parser.add_argument("--agent-steps", type=int, default=32_768)
+    parser.add_argument("--agent-steps", type=int, default=65_536)
     args = parser.parse_args()
     out = Path(args.out)
 
@@ -89,7 +89,7 @@ def main() -> None:
         AgentConfig(env_id=args.agent_env, observation="ground_truth"),
         out / "agent",
         steps=args.agent_steps,
-        checkpoint_every=8192,
+        checkpoint_every=16_384,
         eval_episodes=50,
     )
     for row in read_curve(out / "agent" / CURVE_FILE):
