@@ -76,9 +76,10 @@ def main() -> None:
         policy, agent_config = load_agent(name)
         result = evaluate_policy_in_env(policy, agent_config, episodes=50)
         gif = out / f"{Path(name).name}.gif"
-        video = record_episode(policy, agent_config, gif)
+        episode = record_episode(policy, agent_config, gif)
         print(
-            f"{name} ({agent_config.observation}): held-out success {result['success_rate']:.2f}; one episode in {gif}: {video}"
+            f"{name} ({agent_config.observation}): held-out success {result['success_rate']:.2f}; "
+            f"one episode ({episode['steps']} steps, success {episode['is_success']}) in {gif}"
         )
 
     print(

@@ -33,15 +33,13 @@ def checkpoint_path(name_or_path: str | os.PathLike, what: str = "checkpoint") -
     the shipped names) when it is neither."""
     from ocrl.checkpoint import CheckpointError
 
-    path = Path(name_or_path)
-    if not path.exists() and os.sep not in str(name_or_path) and (MODELS_DIRECTORY / str(name_or_path)).is_dir():
-        return MODELS_DIRECTORY / str(name_or_path)
-    if not path.exists():
-        known = ", ".join(shipped_models()) or "none"
-        raise CheckpointError(
-            f"no {what} {str(name_or_path)!r}: not a checkpoint directory, nor a shipped model (shipped: {known})"
-        )
-    return path
+    path, name = Path(name_or_path), str(name_or_path)
+    if path.exists():
+        return path
+    if os.sep not in name and (MODELS_DIRECTORY / name).is_dir():
+        return MODELS_DIRECTORY / name
+    known = ", ".join(shipped_models()) or "none"
+    raise CheckpointError(f"no {what} {name!r}: not a checkpoint directory, nor a shipped model (shipped: {known})")
 
 
 def load_perception(name_or_path: str | os.PathLike, device=None):
