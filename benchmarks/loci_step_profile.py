@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import ocrl
 from ocrl.data.store import RolloutStore
+from ocrl.device import keep_freed_memory
 
 # label -> (module path under the model, method); "" is the model itself
 PARTS = {
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=60)
     args = parser.parse_args()
+    keep_freed_memory()  # as the ocrl command and the wrappers run it
     torch.manual_seed(0)
     model = ocrl.load_perception(args.checkpoint, device="cpu")
     store = RolloutStore.open(args.data)

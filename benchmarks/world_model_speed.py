@@ -3,8 +3,9 @@ object-centric SB3 wrapper (env + shipped perception model), random actions, in 
 
     .venv/bin/python benchmarks/world_model_speed.py --world-model runs/wm/goal --steps 20000
 
-Without ``--world-model`` an untrained model of the default config is timed (speed does not
-depend on the weights). Each side runs once as warm-up, then the two alternate ``--repeats``
+Without ``--world-model`` an untrained model of the default config on the codes of
+``--perception`` (default: the shipped default model) is timed (speed does not depend on the
+weights); the real side runs the world model's perception model. Each side runs once as warm-up, then the two alternate ``--repeats``
 times; the best rate of each is reported, and their ratio.
 """
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world-model", help="world-model checkpoint (default: untrained, default config)")
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0")
+    parser.add_argument("--perception", default=ocrl.DEFAULT_PERCEPTION, help="perception of the untrained model")
     parser.add_argument("--width", type=int, help="width of the untrained model (default: the config's)")
     parser.add_argument("--layers", type=int, help="layers of the untrained model (default: the config's)")
     parser.add_argument("--steps", type=int, default=20_000, help="env steps per measurement")
@@ -44,10 +46,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     sizes = {key: value for key, value in {"width": args.width, "num_layers": args.layers}.items() if value is not None}
+    if args.world_model and args.perception != ocrl.DEFAULT_PERCEPTION:
+        parser.error("--perception is for the untrained model; a world model names its own")
     model = (
         load_world_model(args.world_model, device="cpu")
         if args.world_model
-        else SlotWorldModel(WorldModelConfig(perception=ocrl.DEFAULT_PERCEPTION, env_id=args.env, **sizes)).eval()
+        else SlotWorldModel(WorldModelConfig(perception=args.perception, env_id=args.env, **sizes)).eval()
     )
     imagined = ImaginationVecEnv(model, starts_from_env(model, 64), num_envs=args.imagined_envs)
     real = {

@@ -252,6 +252,25 @@ def test_composition_sums_to_one_and_the_nearest_slot_wins():
     assert float(near.weights[0, 0]) > 0.99
 
 
+def test_pixel_head_equals_its_mlp_on_the_concatenated_maps():
+    """The head never builds its input; it must compute what the MLP on [upsampled features,
+    maps, relative coordinates] computes, values and gradients."""
+    torch.manual_seed(0)
+    head = decoder_module.PixelHead(channels=8, head=6, extra=4, out=3)
+    for parameter in head.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    grid = torch.randn(5, 8, 4, 4, requires_grad=True)
+    position = torch.cat([torch.rand(5, 2) * 2 - 1, torch.rand(5, 1) * 0.3, torch.randn(5, 1)], dim=1)
+    maps = torch.rand(5, 2, 16, 16)
+    upsampled = torch.nn.functional.interpolate(head.reduce(grid), size=(16, 16), mode="bilinear", align_corners=False)
+    reference = head.mlp(torch.cat([upsampled, maps, decoder_module.relative_coordinates(position, 16)], dim=1))
+    result = head(grid, 16, position, maps)
+    assert torch.allclose(result, reference, atol=1e-5)
+    (gradient,) = torch.autograd.grad(result.square().sum(), grid)
+    (expected,) = torch.autograd.grad(reference.square().sum(), grid)
+    assert torch.allclose(gradient, expected, atol=1e-4)
+
+
 def test_composition_and_transition_are_permutation_equivariant(model):
     torch.manual_seed(1)
     batch, slots, size = 1, 3, 8

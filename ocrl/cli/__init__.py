@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from ocrl.cli import agents, data, perception, world_models
 from ocrl.cli.common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, error_message
+from ocrl.device import keep_freed_memory
 from ocrl.errors import OcrlError
 
 __all__ = ["build_parser", "main"]
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ocrl`` with ``argv`` (default: the process's arguments); returns the exit status."""
     if sys.platform.startswith("linux"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # headless dm_control, as the MOVi generator does
+    keep_freed_memory()
     parser = build_parser()
     try:
         args, unknown = parser.parse_known_args(argv)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from ocrl.device import default_device
+from ocrl.device import default_device, keep_freed_memory
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.model import put_streams, take_streams
 from ocrl.slots import CODE_KEYS, SLOT_CODE_KEYS, observation_space
@@ -60,6 +60,7 @@ class SlotEncoder:
         if unknown or not keys:
             raise ValueError(f"keys must be a non-empty subset of {SLOT_CODE_KEYS}, got {keys}")
         self.model = resolve_model(model, device)
+        keep_freed_memory()  # the wrappers step the model for as long as an agent trains
         self.keys = keys
         self.return_masks = "masks" in keys or "depth_map" in keys
         if "depth_map" in keys and not bool(self.model.depth_supervised):

@@ -101,16 +101,22 @@ def gaussian_maps(position: torch.Tensor, size: int) -> torch.Tensor:
     return torch.exp(-((x - px) ** 2 + (y - py) ** 2) / (2 * sigma**2))
 
 
-def relative_coordinates(position: torch.Tensor, size: int, reach: float = 4.0) -> torch.Tensor:
-    """Coordinates relative to each slot, in units of its size: (..., 2, size, size), clamped to
-    [-reach, reach] and divided by it. A decoder that sees them draws a shape around the slot's
-    centre at the slot's scale."""
+def relative_axes(position: torch.Tensor, size: int, reach: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates relative to each of N slots (position (N, >= 3)), in units of its size,
+    clamped to [-reach, reach] and divided by it: x (N, size) along a row, y (N, size) down a
+    column."""
     x, y = coordinate_maps(size, position.device)
-    sigma = position[..., 2, None, None].clamp_min(1e-2)
-    relative_x = ((x - position[..., 0, None, None]) / sigma).clamp(-reach, reach) / reach
-    relative_y = ((y - position[..., 1, None, None]) / sigma).clamp(-reach, reach) / reach
-    relative_x, relative_y = torch.broadcast_tensors(relative_x, relative_y)
-    return torch.stack([relative_x, relative_y], dim=-3)
+    sigma = position[:, 2, None].clamp_min(1e-2)
+    relative_x = ((x - position[:, 0, None]) / sigma).clamp(-reach, reach) / reach
+    relative_y = ((y[:, 0] - position[:, 1, None]) / sigma).clamp(-reach, reach) / reach
+    return relative_x, relative_y
+
+
+def relative_coordinates(position: torch.Tensor, size: int, reach: float = 4.0) -> torch.Tensor:
+    """:func:`relative_axes` as maps (N, 2, size, size). A decoder that sees them draws a shape
+    around the slot's centre at the slot's scale."""
+    relative_x, relative_y = relative_axes(position, size, reach)
+    return torch.stack(torch.broadcast_tensors(relative_x[:, None, :], relative_y[:, :, None]), dim=1)
 
 
 def rectified_tanh_gate(logits: torch.Tensor, noise: float, training: bool) -> torch.Tensor:
