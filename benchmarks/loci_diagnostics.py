@@ -17,6 +17,10 @@ Prints JSON with, over the first ``--frames`` frames of each episode:
   and the fraction closed (0: the slot ignores the frame and keeps its prediction);
 - ``eval_perception_gates_open``: the same scores with every percept gate held open (each slot
   takes what it observes), which says what the gates cost or gain;
+- ``frames``: per-frame FG-ARI of online ``step`` split by what the frame holds: objects that
+  touch or overlap (some object's mask, grown by a pixel, meets another's) or all apart;
+  occupied slots equal to, fewer or more than the visible objects; and per group the share of
+  frames where two objects *merge* (most of their pixels go to one slot);
 - ``step_frames_per_second``: ``step`` on later frames, batch 8, no masks.
 """
 
@@ -31,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import ocrl
+from ocrl import metrics
 from ocrl.data.store import RolloutStore
-from ocrl.evaluation import evaluate_perception
+from ocrl.evaluation import encode_video, evaluate_perception, resize_masks
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.loci.model import SEED_SIZE, LociSlots
 from ocrl.slots import pixel_coordinates
@@ -129,6 +134,63 @@ def assignment_counts(model, video: torch.Tensor, masks: torch.Tensor) -> dict[s
     }
 
 
+def touching(ids: torch.Tensor, objects: list[int]) -> bool:
+    """Whether some object's mask in ``ids`` (H, W), grown by a pixel, meets another object's."""
+    for i in objects:
+        grown = F.max_pool2d((ids == i).float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
+        if bool((grown & (ids > 0) & (ids != i)).any()):
+            return True
+    return False
+
+
+@torch.no_grad()
+def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, dict[str, float]]:
+    rows = []
+    for start in range(0, video.shape[0], 8):
+        ids = masks[start : start + 8]
+        output = encode_video(model, video[start : start + 8].numpy())
+        predicted = resize_masks(output["masks"], ids.shape[-2:])
+        batch, length = ids.shape[:2]
+        ari = metrics.fg_ari(ids.flatten(0, 1)[:, None], predicted.flatten(0, 1)[:, None]).view(batch, length)
+        occupied = (output["presence"] > 0).sum(dim=-1)
+        for b in range(batch):
+            for t in range(length):
+                frame = ids[b, t]
+                objects = [
+                    i for i, count in enumerate(torch.bincount(frame.flatten()).tolist()) if i > 0 and count >= 4
+                ]
+                segment = predicted[b, t].argmax(dim=0)
+                owners = [int(torch.mode(segment[frame == i]).values) for i in objects]
+                rows.append(
+                    (
+                        float(ari[b, t]),
+                        touching(frame, objects),
+                        int(occupied[b, t]) - len(objects),
+                        len(owners) > len(set(owners)),
+                    )
+                )
+    ari, touch, error, merged = (np.array(column) for column in zip(*rows))
+    defined = ~np.isnan(ari)
+    groups = {
+        "all": defined,
+        "objects_touch": touch,
+        "objects_apart": ~touch,
+        "slots_equal_objects": error == 0,
+        "slots_fewer": error < 0,
+        "slots_more": error > 0,
+        "apart_and_equal": ~touch & (error == 0),
+    }
+    result = {}
+    for name, chosen in groups.items():
+        chosen = chosen & defined
+        result[name] = {
+            "share": float(chosen.mean() / defined.mean()),
+            "frame_fg_ari": float(ari[chosen].mean()) if chosen.any() else float("nan"),
+            "merge_share": float(merged[chosen].mean()) if chosen.any() else float("nan"),
+        }
+    return result
+
+
 def scores(model, store: RolloutStore, frames: int, episodes: int) -> dict[str, float]:
     results = evaluate_perception(model, store, num_frames=frames, max_episodes=episodes, progress=False)
     return {key: value for key, value in results.items() if key in ("fg_ari", "fg_ari_frame", "miou", "mbo", "videos")}
@@ -168,6 +230,7 @@ def main() -> None:
     opened = model.gate.register_forward_hook(lambda module, inputs, alpha: torch.ones_like(alpha))
     result["eval_perception_gates_open"] = scores(model, store, args.frames, args.episodes)
     opened.remove()
+    result["frames"] = frame_breakdown(model, video, masks)
     if args.speed:
         result["step_frames_per_second"] = step_rate(model)
     print(json.dumps(result, indent=2))
