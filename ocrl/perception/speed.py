@@ -8,7 +8,8 @@ they reach, next to the fp32 matmul rate of the machine measured in the same run
 process's peak RSS. Preset weights are random: speed does not depend on them. A Loci-s
 checkpoint's training step is its ``"full"`` stage (``model(clip)``; the background module is
 fixed in it). Freed memory is kept for reuse, as the ``ocrl`` command and the wrappers keep it
-(:func:`ocrl.device.keep_freed_memory`); ``--glibc-default`` measures without.
+(:func:`ocrl.device.keep_freed_memory`; ``benchmarks/loci_step_profile.py`` measures what that
+gains).
 """
 
 from __future__ import annotations
@@ -100,14 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-length", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's allocator as it is (by default freed memory is kept, as the ocrl command and wrappers do)",
-    )
     args = parser.parse_args(argv)
-    if not args.glibc_default:
-        keep_freed_memory()
+    keep_freed_memory()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, size {args.size}, "
         f"{args.resolution}x{args.resolution} (presets), step batch {args.batch_size}, train batch {args.train_batch_size}x{args.clip_length} frames"

@@ -106,7 +106,8 @@ class PixelHead(nn.Module):
     upsampling is a convex combination, so the features' part of that layer runs on the grid
     before upsampling, the maps' part is a small matmul, and the coordinates' part is a sum of
     a row and a column term (x and y relative coordinates depend on one axis each). Same result
-    as concatenating [upsampled features, maps, relative coordinates] (tested), ~2.5x faster.
+    as concatenating [upsampled features, maps, relative coordinates] (tested); the mask
+    decoder ran 2.4-2.8x faster so on dev.
     """
 
     def __init__(self, channels: int, head: int, extra: int, out: int):
