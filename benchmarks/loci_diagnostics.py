@@ -19,8 +19,10 @@ Prints JSON with, over the first ``--frames`` frames of each episode:
   takes what it observes), which says what the gates cost or gain;
 - ``frames``: per-frame FG-ARI of online ``step`` split by what the frame holds: objects that
   touch or overlap (some object's mask, grown by a pixel, meets another's) or all apart;
-  occupied slots equal to, fewer or more than the visible objects; and per group the share of
-  frames where two objects *merge* (most of their pixels go to one slot);
+  occupied slots equal to, fewer or more than the visible objects; per group the share of
+  frames where two objects *merge* (most of their pixels go to one slot); and of the objects
+  lost in a merge, how many another slot draws but the composition put behind, and how many no
+  slot draws at all;
 - ``step_frames_per_second``: ``step`` on later frames, batch 8, no masks.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 import ocrl
 from ocrl import metrics
 from ocrl.data.store import RolloutStore
-from ocrl.evaluation import encode_video, evaluate_perception, resize_masks
+from ocrl.evaluation import evaluate_perception, resize_masks
 from ocrl.perception.frames import prepare_frames
 from ocrl.perception.loci.model import SEED_SIZE, LociSlots
 from ocrl.slots import pixel_coordinates
@@ -143,31 +146,53 @@ def touching(ids: torch.Tensor, objects: list[int]) -> bool:
     return False
 
 
+def lost_objects(
+    frame: torch.Tensor, objects: list[int], segment: torch.Tensor, drawn: torch.Tensor, slots: int
+) -> list[bool]:
+    """For every object whose pixels went mostly to a slot that holds another object more (a
+    merge): whether another slot draws it (its unoccluded mask (K, H, W) covers half of the
+    object) and the composition put that slot behind (True), or no slot draws it (False)."""
+    owners = {i: int(torch.mode(segment[frame == i]).values) for i in objects}
+    lost = []
+    for i in objects:
+        slot = owners[i]
+        rivals = [j for j in objects if j != i and owners[j] == slot]
+        if slot == slots or not rivals:
+            continue
+        own = int((segment[frame == i] == slot).sum())
+        if own >= max(int((segment[frame == j] == slot).sum()) for j in rivals):
+            continue  # the slot's own object
+        cover = drawn[:, frame == i].mean(dim=-1)
+        cover[slot] = 0
+        lost.append(bool(cover.max() > 0.5))
+    return lost
+
+
 @torch.no_grad()
-def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, dict[str, float]]:
-    rows = []
+def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
+    rows, lost = [], []
     for start in range(0, video.shape[0], 8):
-        ids = masks[start : start + 8]
-        output = encode_video(model, video[start : start + 8].numpy())
-        predicted = resize_masks(output["masks"], ids.shape[-2:])
-        batch, length = ids.shape[:2]
-        ari = metrics.fg_ari(ids.flatten(0, 1)[:, None], predicted.flatten(0, 1)[:, None]).view(batch, length)
-        occupied = (output["presence"] > 0).sum(dim=-1)
-        for b in range(batch):
-            for t in range(length):
+        ids = masks[start : start + 8].to(model.device)
+        clips = video[start : start + 8]
+        state = model.init_state(clips.shape[0])
+        for t in range(clips.shape[1]):
+            frames = prepare_frames(clips[:, t], model.resolution, model.device, resize=True)
+            _, state = model.step(frames, state, t == 0)
+            segments = torch.cat([state.composition.weights, state.composition.background[:, None]], dim=1)
+            predicted = resize_masks(segments, ids.shape[-2:])
+            ari = metrics.fg_ari(ids[:, t], predicted)
+            occupied = state.posterior.occupancy > 0
+            drawn = resize_masks(torch.sigmoid(state.images.mask_logits) * occupied[..., None, None], ids.shape[-2:])
+            for b in range(clips.shape[0]):
                 frame = ids[b, t]
                 objects = [
                     i for i, count in enumerate(torch.bincount(frame.flatten()).tolist()) if i > 0 and count >= 4
                 ]
-                segment = predicted[b, t].argmax(dim=0)
-                owners = [int(torch.mode(segment[frame == i]).values) for i in objects]
+                segment = predicted[b].argmax(dim=0)
+                frame_lost = lost_objects(frame, objects, segment, drawn[b], model.num_slots)
+                lost += frame_lost
                 rows.append(
-                    (
-                        float(ari[b, t]),
-                        touching(frame, objects),
-                        int(occupied[b, t]) - len(objects),
-                        len(owners) > len(set(owners)),
-                    )
+                    (float(ari[b]), touching(frame, objects), int(occupied[b].sum()) - len(objects), bool(frame_lost))
                 )
     ari, touch, error, merged = (np.array(column) for column in zip(*rows))
     defined = ~np.isnan(ari)
@@ -180,7 +205,7 @@ def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str
         "slots_more": error > 0,
         "apart_and_equal": ~touch & (error == 0),
     }
-    result = {}
+    result: dict[str, Any] = {}
     for name, chosen in groups.items():
         chosen = chosen & defined
         result[name] = {
@@ -188,6 +213,11 @@ def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str
             "frame_fg_ari": float(ari[chosen].mean()) if chosen.any() else float("nan"),
             "merge_share": float(merged[chosen].mean()) if chosen.any() else float("nan"),
         }
+    result["merged_objects"] = {
+        "count": len(lost),
+        "drawn_by_a_slot_behind": sum(lost),
+        "drawn_by_no_slot": len(lost) - sum(lost),
+    }
     return result
 
 
