@@ -72,6 +72,7 @@ def main() -> None:
     result = {
         "env": args.env,
         "world_model": args.world_model or "untrained default config",
+        "perception": model.config.perception,
         "width": model.config.width,
         "layers": model.config.num_layers,
         "steps_per_measurement": args.steps,
