@@ -257,8 +257,11 @@ def curve_csv(rows: list[dict[str, float]], columns: tuple[str, ...] = CURVE_COL
 
 class _Checkpoints(EvalCallback):
     """Every ``every`` env steps: SB3's evaluation on held-out episodes (the same ones each time:
-    the eval env is reseeded), one more row of the learning curve, then ``save()``. SB3's
-    CheckpointCallback is not used: it writes pickled zips, which ocrl never loads."""
+    the eval env is reseeded), one more row of the learning curve, then ``save()``. A row is
+    written once the rollout that crossed the mark has been trained on (at the next rollout's
+    start, or at the end of training), so the row at N steps scores the policy trained on those
+    N steps, as the final evaluation does. SB3's CheckpointCallback is not used: it writes
+    pickled zips, which ocrl never loads."""
 
     def __init__(
         self,
@@ -271,24 +274,36 @@ class _Checkpoints(EvalCallback):
     ):
         super().__init__(eval_env, n_eval_episodes=episodes, eval_freq=1, verbose=0, warn=False)
         self.every, self.seed, self.rows, self.save = every, seed, rows, save
+        self.due = False
 
     def _on_step(self) -> bool:
         steps = self.num_timesteps
-        if steps // self.every == (steps - self.training_env.num_envs) // self.every:
-            return True
+        if steps // self.every != (steps - self.training_env.num_envs) // self.every:
+            self.due = True
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self._checkpoint()
+
+    def _on_training_end(self) -> None:
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        if not self.due:
+            return
+        self.due = False
         self.eval_env.seed(self.seed)
-        keep_training = super()._on_step()  # evaluates; logs eval/success_rate to TensorBoard
+        super()._on_step()  # evaluates; logs eval/success_rate to TensorBoard
         success = float(np.mean(self._is_success_buffer)) if self._is_success_buffer else math.nan
         self.rows.append(
             {
-                "env_steps": steps,
+                "env_steps": self.num_timesteps,
                 "success_rate": success,
                 "mean_return": self.last_mean_reward,
                 "episodes": self.n_eval_episodes,
             }
         )
         self.save()
-        return keep_training
 
 
 def train_agent(

@@ -18,9 +18,10 @@ from ocrl.agents import (
     load_agent,
     train_agent,
 )
+from ocrl.agents import training as agent_training
 from ocrl.agents.extractors import KINDS
 from ocrl.agents.training import read_curve
-from ocrl.checkpoint import load_metrics, load_trainer_state
+from ocrl.checkpoint import load_metrics, load_trainer_state, save_checkpoint
 from ocrl.errors import OcrlError
 from ocrl.slots import observation_space
 
@@ -201,6 +202,24 @@ def test_learning_curve_is_recorded_and_a_reloaded_agent_scores_the_same(tmp_pat
     assert metrics.pop("num_timesteps") == 128
     assert evaluate_policy_in_env(policy, config, episodes=3, progress=False) == metrics
     assert load_metrics(out)["success_rate"] == metrics["success_rate"]
+
+
+def test_a_curve_row_scores_the_policy_trained_on_its_steps(tmp_path, monkeypatch):
+    """The row at N steps is written once the rollout that reached N has been trained on, so
+    the last row's checkpoint holds the final weights (SB3 calls step callbacks while it
+    collects, before the update)."""
+    saved = []
+
+    def spy(policy, *args, metrics, **kwargs):
+        saved.append((metrics["done"], {key: value.clone() for key, value in policy.state_dict().items()}))
+        return save_checkpoint(policy, *args, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(agent_training, "save_checkpoint", spy)
+    config = AgentConfig(observation="ground_truth", algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1})
+    train_agent(config, tmp_path / "agent", steps=64, num_envs=2, checkpoint_every=32, eval_episodes=2, progress=False)
+    assert [done for done, _ in saved] == [False, False, True]  # rows at 32 and 64, then the final save
+    last_row, final = saved[-2][1], saved[-1][1]
+    assert all(torch.equal(last_row[key], final[key]) for key in final)
 
 
 def test_the_shipped_agent_loads_by_name_and_solves_held_out_episodes():
