@@ -45,6 +45,11 @@ ACTION_TYPES = ("Discrete", "Box")
 
 
 # fields train_world_model takes from the data, not from the caller's overrides
+# The presence head adds its output to the logit of the input presence clamped to [m, 1 - m]:
+# from a saturated presence (1.0, as every occupied Loci-s slot has) clamped at 1e-4 the residual
+# started at logit 9.2, where a drift of -2 per step cost almost no loss, and open-loop
+# imagination compounded it until the slots vanished (benchmarks/RESULTS.md, issue 15).
+PRESENCE_MARGIN = 0.02
 DATA_FIELDS = ("num_slots", "slot_dim", "perception", "action_space", "env_id", "env_kwargs")
 
 
@@ -333,7 +338,8 @@ class SlotWorldModel(nn.Module):
         delta = self.slot_out(hidden[..., :k, :])
         slots = codes.slots + delta[..., :dim] * self.slot_std
         position = codes.position + delta[..., dim : dim + 4]
-        presence_logits = delta[..., -1] + torch.logit(codes.presence.clamp(1e-4, 1 - 1e-4))
+        presence = codes.presence.clamp(PRESENCE_MARGIN, 1 - PRESENCE_MARGIN)
+        presence_logits = delta[..., -1] + torch.logit(presence)
         predicted = SlotCodes(slots, position, torch.sigmoid(presence_logits))
         reward_logits, continue_logits = self.outcome(predicted)
         reward = symexp((reward_logits.softmax(-1) * self.reward_bins).sum(-1))
