@@ -3,10 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loci_step_profile.py CHECKPOINT --data STORE
 
 Streams ``--batch-size`` held-out episodes through ``step`` (first frame, then 4 next frames),
-times next-frame steps: frames/s from the median CPU time of this process per step
-(what other jobs on the cores take does not count) and from the median wall time, alternating
-steps with freed memory kept for reuse (as the ``ocrl`` command and the wrappers run,
-:func:`ocrl.device.keep_freed_memory`) and with glibc's default. Then it
+times ``--repeats`` next-frame steps: frames/s from the median CPU time of this process per step
+(what other jobs on the cores take does not count) and from the median wall time, with freed
+memory kept for reuse as the ``ocrl`` command and the wrappers run
+(:func:`ocrl.device.keep_freed_memory`; ``--glibc-default``: without). Then it
 profiles ``--steps`` next-frame steps with ``torch.profiler``, each part of the model under its
 own label, and prints each part's share of the step's CPU time (the decoder's mask, depth and
 RGB stages are inside the decoder's share).
@@ -62,8 +62,15 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--blocks", type=int, default=6, help="blocks of 10 steps (8 timed) per allocator setting")
+    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's allocator as it is (to measure what keeping freed memory gains)",
+    )
     args = parser.parse_args()
+    if not args.glibc_default:
+        keep_freed_memory()  # as the ocrl command and the wrappers run
     torch.manual_seed(0)
     model = ocrl.load_perception(args.checkpoint, device="cpu")
     store = RolloutStore.open(args.data)
@@ -75,28 +82,20 @@ def main() -> None:
         _, state = model.step(video[:, t], state, t == 0)
     after_warmup = state
 
-    # freed memory kept (as the ocrl command runs) and glibc's default, in alternating blocks
-    # (a switch takes a step to settle), so that other jobs on the cores weigh on both alike
-    state, cpu, wall = after_warmup, {True: [], False: []}, {True: [], False: []}
-    block = 10
-    for i in range(2 * args.blocks * block):
-        keep = (i // block) % 2 == 0
-        if i % block == 0:
-            keep_freed_memory(keep)
+    state, cpu, wall = after_warmup, [], []
+    for i in range(args.repeats):
         frames = video[:, 5 + i % args.steps]
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         _, state = model.step(frames, state, False)
-        if i % block >= 2:
-            cpu[keep].append(time.process_time() - start_cpu)
-            wall[keep].append(time.perf_counter() - start_wall)
-    keep_freed_memory()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
     print(f"{len(chosen)} streams, {model.resolution}x{model.resolution}, {torch.get_num_threads()} threads")
     median = lambda values: sorted(values)[len(values) // 2]
-    for keep, name in ((True, "freed memory kept"), (False, "glibc default")):
-        print(
-            f"next-frame step, {name}: {len(chosen) / median(cpu[keep]):.1f} frames/s (CPU time), "
-            f"{len(chosen) / median(wall[keep]):.1f} (wall)"
-        )
+    allocator = "glibc default" if args.glibc_default else "freed memory kept"
+    print(
+        f"next-frame step ({allocator}): {len(chosen) / median(cpu):.1f} frames/s (CPU time), "
+        f"{len(chosen) / median(wall):.1f} (wall)"
+    )
 
     label_parts(model)
     state = after_warmup

@@ -20,7 +20,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def keep_freed_memory(keep: bool = True) -> bool:
+def keep_freed_memory() -> bool:
     """Let this process reuse the memory it frees instead of handing it back to the system.
 
     glibc returns freed blocks above 128 KiB (a threshold it adjusts) to the kernel at once,
@@ -28,17 +28,13 @@ def keep_freed_memory(keep: bool = True) -> bool:
     so their pages fault in and are zeroed again each time: a Loci-s ``step`` at batch 8
     spent about a quarter of its CPU time so on dev (``benchmarks/loci_step_profile.py``).
     Blocks up to 32 MiB now come from the heap, which keeps up to 1 GiB of freed memory for
-    reuse. Process-wide; the ``ocrl`` command and the slot-code wrappers call it. ``keep=False``
-    sets glibc's default thresholds back (128 KiB, fixed). Returns whether it applied (glibc
-    on Linux only).
+    reuse. Process-wide and idempotent; the ``ocrl`` command and the slot-code wrappers call it.
+    Returns whether it applied (glibc on Linux only).
     """
     if not sys.platform.startswith("linux"):
         return False
-    mmap_threshold, trim_threshold = (32 << 20, 1 << 30) if keep else (128 << 10, 128 << 10)
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-        )
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):  # another C library (e.g. musl)
         return False
