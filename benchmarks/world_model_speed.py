@@ -48,11 +48,12 @@ def main() -> None:
     sizes = {key: value for key, value in {"width": args.width, "num_layers": args.layers}.items() if value is not None}
     if args.world_model and args.perception != ocrl.DEFAULT_PERCEPTION:
         parser.error("--perception is for the untrained model; a world model names its own")
-    model = (
-        load_world_model(args.world_model, device="cpu")
-        if args.world_model
-        else SlotWorldModel(WorldModelConfig(perception=args.perception, env_id=args.env, **sizes)).eval()
-    )
+    if args.world_model:
+        model = load_world_model(args.world_model, device="cpu")
+    else:
+        perception = ocrl.load_perception(args.perception, device="cpu")
+        shape = {"num_slots": perception.num_slots, "slot_dim": perception.slot_dim}
+        model = SlotWorldModel(WorldModelConfig(perception=args.perception, env_id=args.env, **shape, **sizes)).eval()
     imagined = ImaginationVecEnv(model, starts_from_env(model, 64), num_envs=args.imagined_envs)
     real = {
         count: make_vec_env(AgentConfig(env_id=args.env, perception=model.config.perception), count, device="cpu")
