@@ -170,6 +170,7 @@ def lost_objects(
 
 @torch.no_grad()
 def frame_breakdown(model, video: torch.Tensor, masks: torch.Tensor) -> dict[str, Any]:
+    """The ``frames`` entry of the report (module docstring), from online ``step``."""
     rows, lost = [], []
     for start in range(0, video.shape[0], 8):
         ids = masks[start : start + 8].to(model.device)

@@ -44,12 +44,12 @@ from ocrl.slots import SlotCodes
 ACTION_TYPES = ("Discrete", "Box")
 
 
-# fields train_world_model takes from the data, not from the caller's overrides
 # The presence head adds its output to the logit of the input presence clamped to [m, 1 - m]:
 # from a saturated presence (1.0, as every occupied Loci-s slot has) clamped at 1e-4 the residual
 # started at logit 9.2, where a drift of -2 per step cost almost no loss, and open-loop
 # imagination compounded it until the slots vanished (benchmarks/RESULTS.md, issue 15).
 PRESENCE_MARGIN = 0.02
+# fields train_world_model takes from the data, not from the caller's overrides
 DATA_FIELDS = ("num_slots", "slot_dim", "perception", "action_space", "env_id", "env_kwargs")
 
 
