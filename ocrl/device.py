@@ -25,8 +25,8 @@ def keep_freed_memory() -> bool:
 
     glibc returns freed blocks above 128 KiB (a threshold it adjusts) to the kernel at once,
     and a forward pass on the CPU allocates and frees tensors of the same sizes on every call,
-    so their pages fault in and are zeroed again each time: a Loci-s ``step`` at batch 8
-    spent about a quarter of its CPU time so on dev (``benchmarks/loci_step_profile.py``).
+    so their pages fault in and are zeroed again each time: about 5,000 page faults and 10-12 ms
+    of system time per Loci-s ``step`` at batch 8 on dev (``benchmarks/RESULTS.md``).
     Blocks up to 32 MiB now come from the heap, which keeps up to 1 GiB of freed memory for
     reuse. Process-wide and idempotent; the ``ocrl`` command and the slot-code wrappers call it.
     Returns whether it applied (glibc on Linux only).
