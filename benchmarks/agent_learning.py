@@ -66,6 +66,8 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
                 env_id=env_id, observation=reads, imagination=str(Path(args.imagination).resolve()), **kwargs
             )
         else:
+            if observation != "slots":
+                kwargs.pop("perception")  # --perception is for the slot-code runs
             config = AgentConfig(env_id=env_id, observation=observation, **kwargs)
         started = time.perf_counter()
         train_agent(config, out, steps=args.steps, seed=seed, checkpoint_every=args.every, eval_episodes=args.episodes)
