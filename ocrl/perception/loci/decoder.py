@@ -131,10 +131,7 @@ class PixelHead(nn.Module):
         hidden = F.interpolate(
             F.conv2d(grid, grid_weight, grid_bias), size=(size, size), mode="bilinear", align_corners=False
         )
-        pixels = hidden.permute(0, 2, 3, 1)  # (N, size, size, head) view of the channels-last memory
-        if not pixels.is_contiguous():
-            hidden = hidden.contiguous(memory_format=torch.channels_last)
-            pixels = hidden.permute(0, 2, 3, 1)
+        pixels = hidden.permute(0, 2, 3, 1)  # (N, size, size, head) view: the adds below write into hidden
         relative_x, relative_y = relative_axes(position, size)
         pixels.add_(relative_x[:, None, :, None] * on_xy[:, 0]).add_(relative_y[:, :, None, None] * on_xy[:, 1])
         if maps is not None:
