@@ -13,4 +13,4 @@ AGENT_ALGORITHMS = ("ppo", "sac", "dqn")
 # ocrl.agents.training.OBSERVATIONS: what an agent observes
 AGENT_OBSERVATIONS = ("slots", "pixels", "ground_truth")
 # ocrl.agents.extractors.KINDS: how SlotSetExtractor pools a set of slots
-EXTRACTOR_KINDS = ("relation", "transformer", "deepsets")
+EXTRACTOR_KINDS = ("context", "relation", "transformer", "deepsets")

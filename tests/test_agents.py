@@ -54,7 +54,7 @@ def test_extractor_is_permutation_invariant_and_the_same_in_train_and_eval(kind)
         SlotSetExtractor(observation_space(5, 8), kind="mlp")
 
 
-@pytest.mark.parametrize("kind", ["relation", "deepsets"])
+@pytest.mark.parametrize("kind", ["context", "relation", "deepsets"])
 def test_pooled_extractors_ignore_absent_slots(kind):
     # the oracle pads its set with absent rows: what they hold must not reach the policy
     extractor, observation = extractor_and_batch(kind, 3)

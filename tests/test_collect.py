@@ -300,3 +300,12 @@ def test_an_ocrl_agent_checkpoint_is_a_policy(tmp_path, tiny_perception, capsys)
     manifest.write_text(json.dumps(recorded))
     assert main(more) == 2
     assert "holds a different collection" in capsys.readouterr().err
+
+
+def test_a_shipped_agent_is_a_policy_by_its_name(tmp_path, capsys):
+    from ocrl.cli import main
+
+    arguments = ["collect", "--env", "ocrl/ObjectGoal-v0", "--episodes", "1", "--num-envs", "1"]
+    assert main([*arguments, "--policy", "ppo-objectgoal-oracle", "--out", str(tmp_path / "store")]) == 0
+    policy = RolloutStore.open(tmp_path / "store").header["policy"]
+    assert (policy["kind"], policy["directory"]) == ("ocrl-agent", "ppo-objectgoal-oracle")

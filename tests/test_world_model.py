@@ -244,6 +244,28 @@ def test_training_lowers_the_loss(store, tiny_perception):
     assert float(loss.detach()) < 0.5 * first
 
 
+def test_the_outcome_head_also_learns_from_predicted_codes_without_moving_them(store, tiny_perception):
+    """Imagination asks the outcome head about predicted codes: it is trained on the windows' one-step
+    predictions too, but their gradient reaches only the head, never the dynamics."""
+    from ocrl.world_models.training import window_loss
+
+    codes = CodeCache(encode_store(ocrl.load_perception(tiny_perception), store, progress=False))
+    torch.manual_seed(0)
+    model = SlotWorldModel(small_config())
+    model.set_slot_statistics(*codes.slot_statistics())
+    torch.nn.init.normal_(model.outcome_head.out[-1].weight)  # untrained, it predicts every reward alike
+    generator = np.random.default_rng(0)
+    window, transitions = codes.sample(8, 4, generator), codes.transitions(16, generator)
+    training = WorldModelTrainingConfig(rollout_steps=0)
+    _, terms = window_loss(model, window, training, transitions=transitions)
+    rewarded = dataclasses.replace(window, rewards=window.rewards + 1.0)
+    _, changed = window_loss(model, rewarded, training, transitions=transitions)
+    assert float(changed["reward"]) != float(terms["reward"])
+    (terms["reward"] + terms["continue"]).backward()
+    moved = [name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert moved and all(name.startswith("outcome_head.") for name in moved)
+
+
 def test_cached_steps_give_what_the_model_gives_on_the_whole_episode():
     """Stepping with the attention cache, past the history (the ring buffer wraps), equals one
     forward over the episode so far; restarting an episode forgets its cache, while the others

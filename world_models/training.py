@@ -6,7 +6,8 @@
 
 - teacher forcing: from the true codes of steps 0..t, predict step t + 1, the reward and the
   continuation (the outcome head, on the true codes of a separate batch of single transitions,
-  a quarter of them with a reward or a termination);
+  a quarter of them with a reward or a termination, and on the windows' own predictions, which
+  are what it reads in imagination);
 - open loop: from the true codes of the first ``history - rollout_steps`` steps, feed the
   model its own predictions for ``rollout_steps`` more steps (gradients flow through them), so
   that it learns to stay on track when imagination feeds it its own output.
@@ -104,6 +105,14 @@ def window_loss(
     reward_logits, continue_logits = model.outcome(codes)
     terms["reward"] = average(model.reward_loss(reward_logits, rewards))
     terms["continue"] = average(F.binary_cross_entropy_with_logits(continue_logits, continues, reduction="none"))
+    if transitions is not None:
+        # ... and from the model's own one-step predictions, detached (no gradient moves them):
+        # imagination asks the head about predicted codes, whose errors it must learn to read
+        reward_logits, continue_logits = model.outcome(output.codes.detach())
+        terms["reward"] = terms["reward"] + mean(model.reward_loss(reward_logits, window.rewards))
+        terms["continue"] = terms["continue"] + mean(
+            F.binary_cross_entropy_with_logits(continue_logits, window.continues, reduction="none")
+        )
     loss = terms["slots"] + training.position_weight * terms["position"] + training.presence_weight * terms["presence"]
     loss = loss + training.reward_weight * terms["reward"] + training.continue_weight * terms["continue"]
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ocrl import shipped_models
 from ocrl.cli.common import (
     EXIT_INTERRUPTED,
     add_command,
@@ -23,9 +24,9 @@ def register(subparsers) -> None:
 
 
 def _policy(text: str) -> str:
-    if text != "random" and not Path(text).exists():
+    if text != "random" and not Path(text).exists() and text not in shipped_models():
         raise argparse.ArgumentTypeError(
-            f"expected 'random', an agent directory from 'ocrl train-agent' or a Stable-Baselines3 .zip; no {text!r}"
+            f"expected 'random', an agent directory from 'ocrl train-agent', a shipped agent's name or a Stable-Baselines3 .zip; no {text!r}"
         )
     return text
 
@@ -54,7 +55,7 @@ def add_collect(subparsers) -> None:
         "--policy",
         default="random",
         type=_policy,
-        help="'random' (default), an agent directory from 'ocrl train-agent', or a Stable-Baselines3 .zip",
+        help="'random' (default), an agent directory from 'ocrl train-agent', a shipped agent's name, or a Stable-Baselines3 .zip",
     )
     parser.add_argument(
         "--deterministic", action="store_true", help="with an agent or SB3 policy: its most likely actions, not samples"

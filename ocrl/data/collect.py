@@ -27,6 +27,7 @@ from gymnasium import spaces
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from tqdm import tqdm
 
+from ocrl import shipped_models
 from ocrl.data.store import MANIFEST_NAME, RolloutStore, RolloutWriter, read_manifest
 from ocrl.envs import make
 from ocrl.envs.ground_truth import FRAME_KEYS, GROUND_TRUTH_KEY, OBJECT_KEYS
@@ -147,7 +148,8 @@ def collect(
 
     Collects the episodes missing from ``0 .. episodes - 1`` (all of them for a new store): a
     rerun after an interruption resumes, a larger ``episodes`` appends. ``policy`` is
-    ``"random"`` or the path of a Stable-Baselines3 zip (see :mod:`ocrl.data.sb3_policy`;
+    ``"random"``, an agent directory from ``ocrl train-agent`` or a shipped agent's name, or
+    the path of a Stable-Baselines3 zip (see :mod:`ocrl.data.sb3_policy`;
     ``deterministic`` picks its most likely actions instead of sampling). ``num_envs`` sub-envs
     run in one process, or one process each with ``asynchronous``. On Ctrl-C the finished
     episodes are kept and :class:`~ocrl.errors.CollectionInterrupted` is raised.
@@ -177,7 +179,7 @@ def collect(
         action_space = probe.action_space
         if policy == "random":
             act, policy_description = None, {"kind": "random"}
-        elif os.path.isdir(policy):
+        elif os.path.isdir(policy) or policy in shipped_models():
             from ocrl.data.sb3_policy import AgentPolicy
 
             act = AgentPolicy(policy, env_id, probe, deterministic=deterministic)
