@@ -75,7 +75,7 @@ class AgentConfig(JsonConfig):
         :class:`~ocrl.wrappers.ObjectCentricVecEnv`), ``"pixels"`` (SB3's CnnPolicy on the
         frames) or ``"ground_truth"`` (:class:`~ocrl.agents.GroundTruthObservation`).
     perception: shipped name or checkpoint path; None: the shipped default (slots only).
-    extractor: ``"relation"``, ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
+    extractor: ``"context"``, ``"relation"``, ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
     algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
     imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
         objects with an oracle world model), evaluate in the
@@ -91,7 +91,7 @@ class AgentConfig(JsonConfig):
     observation: str = "slots"
     perception: str | None = None
     keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
-    extractor: str = "relation"
+    extractor: str = "context"
     features_dim: int = 64
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--env-kwargs", help='JSON options of the env, e.g. \'{"colours": "ood"}\'')
     parser.add_argument(
-        "--extractor", default="relation", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)"
+        "--extractor", default="context", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)"
     )
     parser.add_argument("--algo", default="ppo", help="SB3 algorithm (ocrl.agents.training.ALGORITHMS)")
     parser.add_argument(

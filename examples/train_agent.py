@@ -27,8 +27,8 @@ def main() -> None:
     args = parser.parse_args()
 
     # slot codes of the shipped default model, 16 envs encoded in one batched forward per step,
-    # the relation set extractor and the tuned PPO settings (AgentConfig's docs list the options)
-    config = AgentConfig(env_id=args.env, observation="slots", extractor="relation", algo_kwargs={"ent_coef": 0.01})
+    # the context set extractor and the tuned PPO settings (AgentConfig's docs list the options)
+    config = AgentConfig(env_id=args.env, observation="slots", extractor="context", algo_kwargs={"ent_coef": 0.01})
     train_agent(config, args.out, steps=args.steps, checkpoint_every=20_000, eval_episodes=50)
     for row in read_curve(f"{args.out}/{CURVE_FILE}"):
         print(f"{row['env_steps']:>8.0f} env steps: held-out success {row['success_rate']:.2f}")

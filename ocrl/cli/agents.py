@@ -57,9 +57,9 @@ def add_train_agent(subparsers) -> None:
     )
     parser.add_argument(
         "--extractor",
-        default="relation",
+        default="context",
         choices=EXTRACTOR_KINDS,
-        help="slot-set features extractor (default relation)",
+        help="slot-set features extractor (default context)",
     )
     parser.add_argument(
         "--steps",
