@@ -144,9 +144,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="held-out episodes per evaluation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--env-kwargs", help='JSON options of the env, e.g. \'{"colours": "ood"}\'')
-    parser.add_argument(
-        "--extractor", default="context", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)"
-    )
+    parser.add_argument("--extractor", default="context", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)")
     parser.add_argument("--algo", default="ppo", help="SB3 algorithm (ocrl.agents.training.ALGORITHMS)")
     parser.add_argument(
         "--algo-kwargs", help="JSON over the algorithm's defaults in ocrl train-agent, e.g. '{\"batch_size\": 512}'"

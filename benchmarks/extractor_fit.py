@@ -74,7 +74,8 @@ def main() -> None:
         for seed in args.seeds:
             start = time.perf_counter()
             errors = fit(kind, env, train, test, sorted(args.steps), args.batch_size, seed)
-            print(json.dumps({"kind": kind, "seed": seed, "mse": errors, "seconds": round(time.perf_counter() - start, 1)}))
+            seconds = round(time.perf_counter() - start, 1)
+            print(json.dumps({"kind": kind, "seed": seed, "mse": errors, "seconds": seconds}))
 
 
 if __name__ == "__main__":
