@@ -46,6 +46,8 @@ from torch import nn
 from ocrl.names import EXTRACTOR_KINDS as KINDS
 
 TOKEN_KEYS = ("slots", "position", "presence")
+# the kinds that read pairs of tokens with their relative positions
+PAIR_KINDS = ("context", "relation")
 
 
 class SlotSetExtractor(BaseFeaturesExtractor):
@@ -76,7 +78,7 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             )
         super().__init__(observation_space, features_dim)
         self.keys = tuple(key for key in TOKEN_KEYS if key in observation_space.spaces)
-        if kind in ("context", "relation") and "position" not in self.keys:
+        if kind in PAIR_KINDS and "position" not in self.keys:
             raise ValueError(f"the {kind} extractor needs 'position' in the observation")
         num_slots = observation_space["slots"].shape[0]
         token_dim = 0
@@ -103,7 +105,7 @@ class SlotSetExtractor(BaseFeaturesExtractor):
             self.context_self = nn.Linear(token_dim, hidden_dim, bias=False)
             self.context_mlp = nn.Sequential(nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU())
             token_dim += hidden_dim
-        if kind in ("context", "relation"):
+        if kind in PAIR_KINDS:
             # the pair MLP's first layer on [token i, token j, xy_j - xy_i], split into its three
             # linear parts, each computed once per token (K) instead of once per pair (K^2)
             self.first = nn.Linear(token_dim, hidden_dim)
@@ -144,7 +146,7 @@ class SlotSetExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = self.tokens(observations)
-        if self.kind in ("context", "relation"):
+        if self.kind in PAIR_KINDS:
             presence = self._weights(observations, tokens)
             if self.kind == "context":
                 # (B, K other i, K self j, hidden), averaged over the present others
