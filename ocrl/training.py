@@ -93,6 +93,7 @@ def pretrain(
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
     conditional: bool = False,
+    seed: int | None = None,
 ) -> Path:
     """Train (or resume training) a perception model on rollout stores; returns ``out``.
 
@@ -105,7 +106,7 @@ def pretrain(
         num_slots: slots per frame; default from the preset.
         resolution: model resolution; default the preset's, else the stores' frame height when
             frames are square, else 64 (frames are resized).
-        steps, batch_size: override the preset's.
+        steps, batch_size, seed: override the preset's (seed: initial weights and clip order).
         conditional: first-frame queries from the ground-truth boxes of the clip's first frame
             (SAVi's conditioning; the stores need ``object_box``, as converted MOVi has).
     """
@@ -114,7 +115,10 @@ def pretrain(
         raise OcrlError(f"unknown config {preset!r}; known: {', '.join(PRESETS)}")
     size, training = PRESETS[preset]
     training = dataclasses.replace(
-        training, steps=steps or training.steps, batch_size=batch_size or training.batch_size
+        training,
+        steps=steps or training.steps,
+        batch_size=batch_size or training.batch_size,
+        seed=training.seed if seed is None else seed,
     )
     stores = [RolloutStore.open(path) for path in (data if isinstance(data, (list, tuple)) else [data])]
     height, width, _ = stores[0].frame_shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -396,8 +397,9 @@ def test_staged_pretraining_resumes_inside_a_stage_and_evaluates(store, tmp_path
     # a run that stopped inside the objects stage (same model config, fewer steps so far)
     pretrain_loci(store.path, out, model_config=config, training=stopped, progress=False)
     assert load_trainer_state(out)["step"] == 3
-    pretrain_loci(store.path, out, model_config=config, training=training, progress=False)
+    pretrain_loci(store.path, out, model_config=config, training=training, seed=3, progress=False)
     assert load_trainer_state(out)["step"] == 5
+    assert json.loads((out / "config.json").read_text())["training"]["seed"] == 3
     model = ocrl.load_perception(out)
     scores = evaluate_perception(model, store.path, num_frames=4, progress=False)
     assert 0.0 <= scores["miou"] <= 1.0 and scores["videos"] == 2

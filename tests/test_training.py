@@ -71,6 +71,20 @@ def test_pretrain_writes_a_checkpoint_and_resumes(store, tmp_path):
     assert load_trainer_state(out)["step"] == 3
 
 
+def test_the_seed_reproduces_a_run_and_another_seed_gives_another(store, tmp_path):
+    weights = {}
+    for name, seed in (("first", "1"), ("again", "1"), ("other", "0")):
+        out = tmp_path / name
+        command = ["pretrain", "--data", str(store.path), "--out", str(out), "--model", "tf_inv"]
+        assert main([*command, "--steps", "1", "--batch-size", "2", "--seed", seed]) == 0
+        weights[name] = list(load_checkpoint(out)[0].state_dict().values())
+
+    def same(a: str, b: str) -> bool:
+        return all(torch.equal(x, y) for x, y in zip(weights[a], weights[b]))
+
+    assert same("first", "again") and not same("first", "other")
+
+
 def test_a_corrupt_episode_leaves_a_checkpoint_and_names_the_file(store, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(store.path, damaged)

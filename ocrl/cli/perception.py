@@ -64,6 +64,11 @@ def add_pretrain(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="clips per step and process (default from --config)")
     parser.add_argument("--slots", type=positive_int, help="slots per frame (default from --config)")
     parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="initial weights and the order of clips (default 0); a rerun with it reproduces",
+    )
+    parser.add_argument(
         "--stage-steps",
         nargs=3,
         type=non_negative_int,
@@ -97,6 +102,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         device=args.device,
         tensorboard=args.tensorboard,
         conditional=args.conditional,
+        seed=args.seed,
     )
     return 0
 
@@ -118,6 +124,7 @@ def _run_pretrain_loci(args: argparse.Namespace) -> int:
         preset=args.config,
         num_slots=args.slots,
         steps=None if args.stage_steps is None else tuple(args.stage_steps),
+        seed=args.seed,
         device=args.device,
         tensorboard=args.tensorboard,
         foreground_target=args.foreground,

@@ -145,6 +145,7 @@ def pretrain_loci(
     num_slots: int | None = None,
     resolution: int | None = None,
     steps: tuple[int, int, int] | None = None,
+    seed: int | None = None,
     device: str | torch.device | None = None,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
@@ -160,6 +161,7 @@ def pretrain_loci(
         preset: ``quick`` (CPU), ``base`` (GPU), ``movi-c`` / ``movi-e`` (128 px, 11 / 24 slots).
         num_slots, resolution: override the preset's model.
         steps: (background, objects, full) steps, overriding the preset's.
+        seed: initial weights, sampled frames and clips (default the preset's, 0).
         foreground_target: ``"masks"`` or ``"median"`` (see :class:`~ocrl.perception.loci.config.BackgroundConfig`).
         model_config, training: full configs instead of the preset's (tests, experiments).
     """
@@ -171,6 +173,8 @@ def pretrain_loci(
     training = training or preset_training
     if steps is not None:
         training = dataclasses.replace(training, background_steps=steps[0], object_steps=steps[1], full_steps=steps[2])
+    if seed is not None:
+        training = dataclasses.replace(training, seed=seed)
     stores = [RolloutStore.open(path) for path in paths]
     height, width, _ = stores[0].frame_shape
     if model_config is None:
