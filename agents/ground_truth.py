@@ -32,11 +32,12 @@ GROUND_TRUTH = "ground_truth"
 
 
 def max_objects_of(env: gym.Env) -> int:
-    """Rows of the oracle's set for a built-in task: its largest object count plus the agent."""
-    count_range = getattr(env.unwrapped, "num_objects_range", None)
-    if count_range is None:
+    """Rows of the oracle's set for a built-in task: the most objects its frames show, the
+    agent (and ObjectInteraction's goal region) included."""
+    count = getattr(env.unwrapped, "max_sprites", None)
+    if count is None:
         raise ValueError(f"{env} does not say how many objects it has; pass max_objects")
-    return int(count_range[1]) + 1  # the agent's sprite is an object too
+    return int(count)
 
 
 def ground_truth_space(max_objects: int) -> spaces.Dict:

@@ -115,6 +115,11 @@ class SpriteTaskEnv(gym.Env):
 
     min_objects = 1
 
+    @property
+    def max_sprites(self) -> int:
+        """The most objects a frame's ground truth lists: the objects and the agent."""
+        return self.num_objects_range[1] + 1
+
     # --- episode -------------------------------------------------------------------------------
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -268,6 +273,10 @@ class ObjectInteractionEnv(SpriteTaskEnv):
     """
 
     default_num_objects = 3
+
+    @property
+    def max_sprites(self) -> int:
+        return super().max_sprites + 1  # the goal region
 
     def __init__(self, target_colour: str = "red", target_shape: str = "circle", goal_size: float = 0.12, **kwargs):
         super().__init__(**kwargs)

@@ -79,6 +79,18 @@ def test_ground_truth_oracle_reports_the_true_objects():
         GroundTruthObservation(gym.make("CartPole-v1"))
 
 
+@pytest.mark.parametrize(
+    "name", ["ObjectGoal", "ObjectInteraction", "ObjectComparison", "PropertyComparison", "MovingObjects"]
+)
+def test_the_oracle_of_every_built_in_task_has_a_row_for_each_object_it_shows(name):
+    # ObjectInteraction's goal region is an object beyond num_objects (a crash until 2026-12-05)
+    env = GroundTruthObservation(ocrl.envs.make(f"ocrl/{name}-v0", resolution=32, num_objects=(3, 4)))
+    for seed in range(4):
+        observation, info = env.reset(seed=seed)
+        assert observation["presence"].sum() == len(info["ground_truth"]["object_shape"])
+        assert env.observation_space.contains(observation)
+
+
 def quick_ppo(config_kwargs, out, steps=128, **kwargs):
     config = AgentConfig(**config_kwargs, algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
     return config, train_agent(config, out, steps=steps, num_envs=2, eval_episodes=2, progress=False, **kwargs)
