@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny perception model, saved once per session as a checkpoint."""
+"""Shared test helpers: the built-in task names and a tiny perception model, saved once per session as a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from ocrl.perception import PerceptionConfig, build_perception, perception_config
+
+TASKS = ["ObjectGoal", "ObjectInteraction", "ObjectComparison", "PropertyComparison", "MovingObjects"]
 
 
 def tiny_config(

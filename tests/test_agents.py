@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import TASKS
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import ocrl.envs
@@ -79,9 +80,7 @@ def test_ground_truth_oracle_reports_the_true_objects():
         GroundTruthObservation(gym.make("CartPole-v1"))
 
 
-@pytest.mark.parametrize(
-    "name", ["ObjectGoal", "ObjectInteraction", "ObjectComparison", "PropertyComparison", "MovingObjects"]
-)
+@pytest.mark.parametrize("name", TASKS)
 def test_the_oracle_of_every_built_in_task_has_a_row_for_each_object_it_shows(name):
     # ObjectInteraction's goal region is an object beyond num_objects (a crash until 2026-12-05)
     env = GroundTruthObservation(ocrl.envs.make(f"ocrl/{name}-v0", resolution=32, num_objects=(3, 4)))

@@ -5,6 +5,7 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import TASKS
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -12,7 +13,6 @@ import ocrl.envs
 from ocrl.envs.render import Sprite, render_sprites
 from ocrl.envs.tasks import COLOURS, OOD_COLOURS, OOD_SHAPES
 
-TASKS = ["ObjectGoal", "ObjectInteraction", "ObjectComparison", "PropertyComparison", "MovingObjects"]
 ENV_IDS = [f"ocrl/{task}{variant}-v0" for task in TASKS for variant in ("", "Continuous")]
 
 
