@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import ocrl.envs
 from ocrl.agents.extractors import SlotSetExtractor
 from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthObservation
+from ocrl.agents.symmetric import SymmetricPolicy
 from ocrl.checkpoint import (
     CONFIG_FILE,
     CURVE_FILE,
@@ -76,12 +77,16 @@ class AgentConfig(JsonConfig):
         frames) or ``"ground_truth"`` (:class:`~ocrl.agents.GroundTruthObservation`).
     perception: shipped name or checkpoint path; None: the shipped default (slots only).
     extractor: ``"context"``, ``"relation"``, ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
+    hidden_dim: width of the extractor's pair and token MLPs.
     algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
     imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
         objects with an oracle world model), evaluate in the
         real env.
     max_objects: rows of the ground-truth oracle's set (default: the env's largest object count
         plus the agent); more rows let the same agent be evaluated with more objects.
+    symmetric: PPO's policy averaged over the square's rotations and reflections
+        (:class:`~ocrl.agents.SymmetricPolicy`), for envs whose actions are moves in the plane
+        (the built-in tasks with discrete actions).
     """
 
     config_name = "agent config"  # where a from_dict error is, not a field
@@ -93,10 +98,12 @@ class AgentConfig(JsonConfig):
     keys: list[str] = field(default_factory=lambda: list(DEFAULT_KEYS))
     extractor: str = "context"
     features_dim: int = 64
+    hidden_dim: int = 128
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     imagination: str | None = None
     max_objects: int | None = None
+    symmetric: bool = False
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -109,6 +116,8 @@ class AgentConfig(JsonConfig):
             raise ValueError("agents train in imagination on slot codes or ground-truth objects, not on pixels")
         if self.max_objects is not None and (self.observation != "ground_truth" or self.max_objects < 1):
             raise ValueError("max_objects is the ground-truth oracle's number of rows: a positive int")
+        if self.symmetric and (self.algo != "ppo" or self.observation == "pixels"):
+            raise ValueError("a symmetric policy is a PPO policy on slot codes or ground-truth objects")
 
 
 def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
@@ -187,8 +196,15 @@ def _algorithm(
             **({"share_features_extractor": False, "ortho_init": False} if config.algo == "ppo" else {}),
             **kwargs.get("policy_kwargs", {}),
             "features_extractor_class": SlotSetExtractor,
-            "features_extractor_kwargs": {"kind": config.extractor, "features_dim": config.features_dim},
+            "features_extractor_kwargs": {
+                "kind": config.extractor,
+                "features_dim": config.features_dim,
+                "hidden_dim": config.hidden_dim,
+            },
         }
+        if config.symmetric:
+            policy = SymmetricPolicy
+            kwargs["policy_kwargs"]["moves"] = _moves(config)
     if config.algo == "ppo":
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * venv.num_envs)
     try:
@@ -202,6 +218,19 @@ def _algorithm(
     if tensorboard is None:
         algorithm.set_logger(Logger(folder=None, output_formats=[]))  # SB3 would log to a new /tmp folder per run
     return algorithm
+
+
+def _moves(config: AgentConfig) -> np.ndarray:
+    env = ocrl.envs.make(config.env_id, **config.env_kwargs)
+    try:
+        moves = getattr(env.unwrapped, "moves", None)
+    finally:
+        env.close()
+    if moves is None:
+        raise OcrlError(
+            f"{config.env_id} does not say its actions are moves in the plane; a symmetric policy needs a built-in task with discrete actions"
+        )
+    return moves
 
 
 def build_policy(config: AgentConfig) -> torch.nn.Module:

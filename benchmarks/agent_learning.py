@@ -53,6 +53,8 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
             "env_kwargs": json.loads(args.env_kwargs or "{}"),
             "algo_kwargs": json.loads(args.algo_kwargs or "{}"),
             "extractor": args.extractor,
+            "symmetric": args.symmetric,
+            "hidden_dim": args.hidden_dim,
             "perception": args.perception,
             "algo": args.algo,
         }
@@ -68,6 +70,8 @@ def run(env_id: str, observation: str, seed: int, args: argparse.Namespace) -> P
         else:
             if observation != "slots":
                 kwargs.pop("perception")  # --perception is for the slot-code runs
+            if observation == "pixels":
+                kwargs.pop("symmetric")  # a CNN on frames is not averaged over symmetries
             config = AgentConfig(env_id=env_id, observation=observation, **kwargs)
         started = time.perf_counter()
         train_agent(config, out, steps=args.steps, seed=seed, checkpoint_every=args.every, eval_episodes=args.episodes)
@@ -145,6 +149,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--env-kwargs", help='JSON options of the env, e.g. \'{"colours": "ood"}\'')
     parser.add_argument("--extractor", default="context", help="slot-set extractor kind (ocrl.agents.extractors.KINDS)")
+    parser.add_argument("--hidden-dim", default=128, type=int, help="width of the extractor's MLPs")
+    parser.add_argument(
+        "--symmetric", action="store_true", help="policies averaged over the square's symmetries (not pixels)"
+    )
     parser.add_argument("--algo", default="ppo", help="SB3 algorithm (ocrl.agents.training.ALGORITHMS)")
     parser.add_argument(
         "--algo-kwargs", help="JSON over the algorithm's defaults in ocrl train-agent, e.g. '{\"batch_size\": 512}'"

@@ -116,6 +116,14 @@ class SpriteTaskEnv(gym.Env):
     min_objects = 1
 
     @property
+    def moves(self) -> np.ndarray | None:
+        """(4, 2) the (x, y) step direction of each discrete action, x right and y down as in the
+        ground truth's positions (None with continuous actions). The arena, the placement of
+        objects and touching are the same under the square's rotations and reflections, which
+        map these moves onto each other (``ocrl.agents.SymmetricPolicy`` uses both)."""
+        return None if self.continuous else MOVES.copy()
+
+    @property
     def max_sprites(self) -> int:
         """The most objects a frame's ground truth lists: the objects and the agent."""
         return self.num_objects_range[1] + 1

@@ -15,14 +15,17 @@ from ocrl.agents import (
     AgentConfig,
     GroundTruthObservation,
     SlotSetExtractor,
+    SymmetricPolicy,
     evaluate_policy_in_env,
     load_agent,
     train_agent,
 )
 from ocrl.agents import training as agent_training
 from ocrl.agents.extractors import KINDS
+from ocrl.agents.symmetric import SQUARE_SYMMETRIES, move_permutations
 from ocrl.agents.training import read_curve
 from ocrl.checkpoint import load_metrics, load_trainer_state, save_checkpoint
+from ocrl.envs.tasks import MOVES
 from ocrl.errors import OcrlError
 from ocrl.slots import observation_space
 
@@ -167,6 +170,61 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="no perception model"):
         train_agent(AgentConfig(perception="no-such-model"), tmp_path / "b", steps=10, progress=False)
+
+
+def _turned(observation: dict[str, torch.Tensor], symmetry: np.ndarray) -> dict[str, torch.Tensor]:
+    position = observation["position"].clone()
+    position[..., :2] = position[..., :2] @ torch.as_tensor(symmetry, dtype=torch.float32).T
+    return {**observation, "position": position}
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_symmetric_policy_acts_alike_in_a_turned_or_mirrored_scene(symmetric):
+    """Turning every position by a symmetry of the square turns the move probabilities the same
+    way and keeps the value; a plain policy does not (the test can tell them apart)."""
+    policy = agent_training.build_policy(AgentConfig(observation="ground_truth", symmetric=symmetric))
+    assert isinstance(policy, SymmetricPolicy) == symmetric
+    rows, width = policy.observation_space["slots"].shape
+    torch.manual_seed(0)
+    observation = {
+        "slots": torch.rand(3, rows, width),
+        "position": torch.rand(3, rows, 4) * 2 - 1,
+        "presence": torch.ones(3, rows),
+    }
+    permutations = move_permutations(MOVES)
+    with torch.no_grad():
+        probabilities = policy.get_distribution(observation).distribution.probs
+        value = policy.predict_values(observation)
+        gaps = []
+        for symmetry, permutation in zip(SQUARE_SYMMETRIES, permutations):
+            turned = _turned(observation, symmetry)
+            moved = policy.get_distribution(turned).distribution.probs[:, permutation]
+            gaps.append(max((moved - probabilities).abs().max(), (policy.predict_values(turned) - value).abs().max()))
+    # every symmetry maps the 4 moves onto the 4 moves, the identity onto themselves
+    assert (np.sort(permutations, axis=1) == np.arange(4)).all() and (permutations[0] == np.arange(4)).all()
+    if symmetric:
+        assert max(gaps) < 1e-5
+    else:
+        assert max(gaps[1:]) > 1e-3
+
+
+def test_a_symmetric_agent_trains_and_reloads_and_is_refused_where_it_has_no_meaning(tmp_path):
+    config = AgentConfig(
+        observation="ground_truth", symmetric=True, hidden_dim=32, algo_kwargs={"n_steps": 16, "batch_size": 16}
+    )
+    metrics = train_agent(config, tmp_path / "agent", steps=32, num_envs=2, eval_episodes=2, progress=False)
+    policy, loaded = load_agent(tmp_path / "agent")
+    assert loaded == config and isinstance(policy, SymmetricPolicy)
+    assert evaluate_policy_in_env(policy, config, episodes=2, progress=False)["success_rate"] == metrics["success_rate"]
+    with pytest.raises(ValueError, match="PPO policy on slot codes or ground-truth"):
+        AgentConfig(observation="pixels", symmetric=True)
+    with pytest.raises(ValueError, match="PPO policy"):
+        AgentConfig(observation="ground_truth", algo="dqn", symmetric=True)
+    continuous = AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", observation="ground_truth", symmetric=True)
+    with pytest.raises(OcrlError, match="moves in the plane"):
+        train_agent(continuous, tmp_path / "continuous", steps=16, progress=False)
+    with pytest.raises(ValueError, match="not closed"):
+        move_permutations(np.array([[1.0, 0.0], [0.0, 1.0]]))
 
 
 class _Scripted:

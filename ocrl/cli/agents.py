@@ -62,6 +62,14 @@ def add_train_agent(subparsers) -> None:
         help="slot-set features extractor (default context)",
     )
     parser.add_argument(
+        "--hidden-dim", default=128, type=positive_int, help="width of the extractor's MLPs (default 128)"
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="PPO on slots or ground-truth: average the policy over the square's rotations and reflections (built-in tasks)",
+    )
+    parser.add_argument(
         "--steps",
         default=100_000,
         type=positive_int,
@@ -108,6 +116,8 @@ def run_train_agent(args: argparse.Namespace) -> int:
             algo_kwargs=args.algo_kwargs,
             imagination=None if args.imagination is None else str(args.imagination.resolve()),
             max_objects=args.max_objects,
+            hidden_dim=args.hidden_dim,
+            symmetric=args.symmetric,
         )
         return train_agent(
             config,
