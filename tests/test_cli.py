@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import ocrl.data.collect
+from ocrl.agents import load_agent
 from ocrl.cli import build_parser, main
 from ocrl.data.store import RolloutStore
 from ocrl.errors import CollectionInterrupted
@@ -183,8 +184,10 @@ def test_train_agent_then_eval_agent_with_video(tmp_path, capsys):
 
 
 def test_an_oracle_with_spare_rows_is_evaluated_with_more_objects(tmp_path, capsys):
+    """(a symmetric one, of another width: those flags reach the agent too)"""
     agent = tmp_path / "agent"
     arguments = ["--env", "ocrl/ObjectGoal-v0", "--observation", "ground-truth", "--max-objects", "7"]
+    arguments += ["--symmetric", "--hidden-dim", "16"]
     small = [
         "--steps",
         "32",
@@ -200,6 +203,8 @@ def test_an_oracle_with_spare_rows_is_evaluated_with_more_objects(tmp_path, caps
     status, out, err = run(capsys, "eval-agent", str(agent), "--episodes", "2", "--env-kwargs", '{"num_objects": 6}')
     assert status == 0, err
     assert json.loads(out)["env_kwargs"] == {"num_objects": 6}
+    _, config = load_agent(agent)
+    assert config.symmetric and config.hidden_dim == 16
 
 
 @pytest.mark.parametrize(
@@ -214,6 +219,11 @@ def test_an_oracle_with_spare_rows_is_evaluated_with_more_objects(tmp_path, caps
         (
             ["--env", "ocrl/ObjectGoal-v0", "--observation", "pixels", "--perception", "x"],
             "only with observation 'slots'",
+        ),
+        (["--env", "ocrl/ObjectGoal-v0", "--observation", "pixels", "--symmetric"], "a symmetric policy is a PPO"),
+        (
+            ["--env", "ocrl/ObjectGoalContinuous-v0", "--observation", "ground-truth", "--symmetric"],
+            "moves in the plane",
         ),
     ],
 )
