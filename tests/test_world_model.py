@@ -727,6 +727,7 @@ def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, t
 
 
 def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_path, capsys):
+    from ocrl.agents import load_agent
     from ocrl.world_models import DreamConfig, dream
 
     config = DreamConfig(
@@ -739,6 +740,8 @@ def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_pat
         eval_episodes=2,
         world_model={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
         algo_kwargs={"n_steps": 16, "batch_size": 64, "n_epochs": 2},
+        hidden_dim=16,
+        symmetric=True,
     )
     rows = dream(config, tmp_path / "run", progress=False)
     assert [row["round"] for row in rows] == [0, 1]
@@ -747,6 +750,8 @@ def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_pat
     # round 1 was collected by the agent of round 0, acting on the true objects
     assert RolloutStore.open(tmp_path / "run" / "data" / "round-01").header["policy"]["kind"] == "ocrl-agent"
     assert load_world_model(tmp_path / "run" / "world-model").config.perception == "ground_truth"
+    _, agent = load_agent(tmp_path / "run" / "agent")
+    assert agent.symmetric and agent.hidden_dim == 16
     # a rerun has nothing to do; more rounds go on; another config is refused
     stamp = (tmp_path / "run" / "agent" / "model.safetensors").stat().st_mtime_ns
     assert dream(config, tmp_path / "run", progress=False) == rows

@@ -54,6 +54,7 @@ class DreamConfig(JsonConfig):
         stores all of its sizes, so that a rerun keeps the world model it started with when the
         defaults change.
     algo_kwargs: the agent's, over ``ocrl train-agent``'s PPO defaults.
+    hidden_dim, symmetric: the agent's set policy (:class:`~ocrl.agents.AgentConfig`).
     """
 
     config_name = "dream config"  # where a from_dict error is, not a field
@@ -69,6 +70,8 @@ class DreamConfig(JsonConfig):
     eval_episodes: int = 100
     world_model: dict[str, Any] = field(default_factory=dict)
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    hidden_dim: int = 128
+    symmetric: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -118,6 +121,8 @@ def dream(
         perception=config.perception,
         env_kwargs=config.env_kwargs,
         algo_kwargs=config.algo_kwargs,
+        hidden_dim=config.hidden_dim,
+        symmetric=config.symmetric,
         imagination=str((out / "world-model").resolve()),
     )
     stores = []

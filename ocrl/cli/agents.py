@@ -13,6 +13,7 @@ from ocrl.cli.common import (
     add_device,
     add_env_kwargs,
     add_perception,
+    add_policy_options,
     add_tensorboard,
     json_object,
     non_negative_int,
@@ -61,14 +62,7 @@ def add_train_agent(subparsers) -> None:
         choices=EXTRACTOR_KINDS,
         help="slot-set features extractor (default context)",
     )
-    parser.add_argument(
-        "--hidden-dim", default=128, type=positive_int, help="width of the extractor's MLPs (default 128)"
-    )
-    parser.add_argument(
-        "--symmetric",
-        action="store_true",
-        help="PPO on slots or ground-truth: average the policy over the square's rotations and reflections (built-in tasks)",
-    )
+    add_policy_options(parser)
     parser.add_argument(
         "--steps",
         default=100_000,

@@ -113,6 +113,18 @@ def add_perception(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    """The agent's set-policy options, shared by ``train-agent`` and ``dream``."""
+    parser.add_argument(
+        "--hidden-dim", default=128, type=positive_int, help="width of the set extractor's MLPs (default 128)"
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="PPO on slots or ground truth: average the policy over the square's rotations and reflections (built-in tasks)",
+    )
+
+
 # --- running a command -------------------------------------------------------------------------
 
 

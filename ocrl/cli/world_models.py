@@ -14,6 +14,7 @@ from ocrl.cli.common import (
     add_env_kwargs,
     add_json_out,
     add_perception,
+    add_policy_options,
     add_tensorboard,
     json_object,
     non_negative_int,
@@ -184,6 +185,7 @@ def add_dream(subparsers) -> None:
     )
     add_world_model_sizes(parser)
     parser.add_argument("--algo-kwargs", default={}, type=json_object, help="JSON object over the agent's PPO defaults")
+    add_policy_options(parser)
     parser.add_argument(
         "--seed", default=0, type=non_negative_int, help="seed of the world model and agent (default 0)"
     )
@@ -207,6 +209,8 @@ def run_dream(args: argparse.Namespace) -> int:
             eval_episodes=args.eval_episodes,
             world_model=world_model_sizes(args),
             algo_kwargs=args.algo_kwargs,
+            hidden_dim=args.hidden_dim,
+            symmetric=args.symmetric,
             seed=args.seed,
         )
         return dream(config, args.out, device=args.device)
