@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument(
         "--agents", nargs="+", default=SHIPPED_AGENTS, help="agents to evaluate (shipped names or checkpoints)"
     )
-    parser.add_argument("--agent-steps", type=int, default=65_536)
+    parser.add_argument("--agent-steps", type=int, default=32_768)
     args = parser.parse_args()
     out = Path(args.out)
 
@@ -83,14 +83,15 @@ def main() -> None:
         )
 
     print(
-        f"\n== 5. PPO from ground-truth objects on {args.agent_env} for {args.agent_steps} steps "
-        "(the shipped oracle's 200k take ~16 min; slot-code agents step ~25x slower: benchmarks/RESULTS.md)"
+        f"\n== 5. PPO from ground-truth objects on {args.agent_env} for {args.agent_steps} steps, its policy "
+        "averaged over the square's symmetries (the shipped oracle's 200k take ~35 min; slot-code agents "
+        "step ~15x slower: benchmarks/RESULTS.md)"
     )
     metrics = train_agent(
-        AgentConfig(env_id=args.agent_env, observation="ground_truth"),
+        AgentConfig(env_id=args.agent_env, observation="ground_truth", symmetric=True, hidden_dim=64),
         out / "agent",
         steps=args.agent_steps,
-        checkpoint_every=16_384,
+        checkpoint_every=8_192,
         eval_episodes=50,
     )
     for row in read_curve(out / "agent" / CURVE_FILE):
