@@ -450,7 +450,11 @@ def evaluate_policy_in_env(
 ) -> dict[str, Any]:
     """Success rate (built-in tasks; NaN for envs that do not report it), return and length over
     ``episodes`` episodes, through SB3's ``evaluate_policy`` (which gives each sub-env a fixed
-    share of the episodes: counting whichever end first would favour short episodes)."""
+    share of the episodes: counting whichever end first would favour short episodes).
+
+    ``deterministic`` takes each state's most likely action (SB3's convention). Such a policy
+    repeats itself until the time limit once it is back in a state it has been in (pressing into
+    a wall, stepping back and forth); sampling (``False``) walks out of those loops."""
     venv = make_vec_env(config, max(1, min(num_envs, episodes)), seed, device=device)
     successes: list[float] = []
     bar = tqdm(total=episodes, unit="episode", desc="evaluate", disable=not progress)
@@ -479,6 +483,7 @@ def evaluate_policy_in_env(
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean(lengths)),
+        "deterministic": deterministic,
     }
 
 

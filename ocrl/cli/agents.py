@@ -146,6 +146,11 @@ def add_eval_agent(subparsers) -> None:
         "--seed", default=1_000_000, type=non_negative_int, help="seed of the first episode (default 1000000)"
     )
     parser.add_argument(
+        "--stochastic",
+        action="store_true",
+        help="sample actions from the policy instead of taking the most likely one",
+    )
+    parser.add_argument(
         "--video", type=Path, help="also write one episode as a GIF (slot masks over the frames for slot agents)"
     )
     add_env_kwargs(
@@ -170,7 +175,9 @@ def run_eval_agent(args: argparse.Namespace) -> int:
         result = {
             "agent": str(args.agent),
             "env_kwargs": config.env_kwargs,
-            **evaluate_policy_in_env(policy, config, args.episodes, seed=args.seed, device=args.device),
+            **evaluate_policy_in_env(
+                policy, config, args.episodes, seed=args.seed, deterministic=not args.stochastic, device=args.device
+            ),
         }
         if args.video:
             result["video"] = record_episode(policy, config, args.video, seed=args.seed, device=args.device)
