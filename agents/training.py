@@ -454,7 +454,8 @@ def evaluate_policy_in_env(
 
     ``deterministic`` takes each state's most likely action (SB3's convention). Such a policy
     repeats itself until the time limit once it is back in a state it has been in (pressing into
-    a wall, stepping back and forth); sampling (``False``) walks out of those loops."""
+    a wall, stepping back and forth); sampling (``False``) walks out of those loops, its draws
+    seeded by ``seed`` (the caller's random state is left as it was)."""
     venv = make_vec_env(config, max(1, min(num_envs, episodes)), seed, device=device)
     successes: list[float] = []
     bar = tqdm(total=episodes, unit="episode", desc="evaluate", disable=not progress)
@@ -465,15 +466,17 @@ def evaluate_policy_in_env(
             bar.update(1)
 
     try:
-        returns, lengths = evaluate_policy(
-            policy,
-            venv,
-            n_eval_episodes=episodes,
-            deterministic=deterministic,
-            return_episode_rewards=True,
-            callback=record,
-            warn=False,
-        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            returns, lengths = evaluate_policy(
+                policy,
+                venv,
+                n_eval_episodes=episodes,
+                deterministic=deterministic,
+                return_episode_rewards=True,
+                callback=record,
+                warn=False,
+            )
     finally:
         bar.close()
         venv.close()

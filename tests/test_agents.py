@@ -259,6 +259,21 @@ def test_evaluation_counts_successes_of_a_scripted_policy():
     assert dither == {**expected, "deterministic": True}
 
 
+def test_a_sampling_evaluation_is_seeded_and_leaves_the_callers_random_state_alone():
+    config = AgentConfig(observation="ground_truth", env_kwargs={"num_objects": 1})
+    policy = agent_training.build_policy(config)  # untrained: its actions are near uniform draws
+
+    def evaluate(seed):
+        return evaluate_policy_in_env(policy, config, 4, seed, num_envs=2, deterministic=False, progress=False)
+
+    state = torch.get_rng_state()
+    first = evaluate(5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert evaluate(5) == first and not first["deterministic"]
+    lengths = {evaluate(seed)["mean_length"] for seed in (5, 6, 7)}
+    assert len(lengths) > 1  # other seeds, other draws (and other episodes)
+
+
 def test_learning_curve_is_recorded_and_a_reloaded_agent_scores_the_same(tmp_path):
     config = AgentConfig(observation="ground_truth", algo_kwargs={"n_steps": 16, "batch_size": 32, "n_epochs": 1})
     out = tmp_path / "agent"
