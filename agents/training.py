@@ -10,10 +10,11 @@ format is, so ``load_agent`` rebuilds the policy from the config and loads the w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,15 @@ def load_agent(
 EVALUATION_SEED = 1_000_000
 
 
+@contextlib.contextmanager
+def _seeded_draws(seed: int) -> Iterator[None]:
+    """Torch's random draws inside (a policy's sampled actions) follow ``seed``; the caller's
+    random state is as it was afterwards."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
+
+
 def evaluate_policy_in_env(
     policy: torch.nn.Module,
     config: AgentConfig,
@@ -466,8 +476,7 @@ def evaluate_policy_in_env(
             bar.update(1)
 
     try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with _seeded_draws(seed):
             returns, lengths = evaluate_policy(
                 policy,
                 venv,
@@ -490,6 +499,23 @@ def evaluate_policy_in_env(
     }
 
 
+def _picture_and_input(observation, env: gym.Env, config: AgentConfig, scale: int) -> tuple[np.ndarray, Any]:
+    """One frame of :func:`record_episode`'s GIF (slot agents: frame | slot masks over it) and the
+    observation as a batch of one for the policy."""
+    from ocrl.viz import grid, slot_colours
+
+    if config.observation == "slots":
+        masks = observation["masks"]
+        frame = prepare_frames(observation["observation"][None], masks.shape[-1], "cpu", resize=True)[0]
+        small = (frame.movedim(0, -1) * 255).round().byte().numpy()
+        overlay = (0.45 * small + 0.55 * slot_colours(masks.shape[0])[masks.argmax(axis=0)]).astype(np.uint8)
+        return grid([[small, overlay]], scale=scale), {key: observation[key][None] for key in config.keys}
+    frame = env.render() if config.observation == "ground_truth" else observation
+    if isinstance(observation, dict):
+        return grid([[frame]], scale=scale), {key: value[None] for key, value in observation.items()}
+    return grid([[frame]], scale=scale), observation[None]
+
+
 def record_episode(
     policy: torch.nn.Module,
     config: AgentConfig,
@@ -497,10 +523,12 @@ def record_episode(
     seed: int = EVALUATION_SEED,
     device: str | torch.device | None = None,
     scale: int = 3,
+    deterministic: bool = True,
 ) -> dict[str, Any]:
     """Play one episode and write it as a GIF; slot agents show frame | slot masks over it
-    (each slot in its own colour, stable over time). Returns the episode's return and success."""
-    from ocrl.viz import grid, save_gif, slot_colours
+    (each slot in its own colour, stable over time). Returns the episode's return and success.
+    ``deterministic`` as in :func:`evaluate_policy_in_env`."""
+    from ocrl.viz import save_gif
     from ocrl.wrappers import ObjectCentricObservation
 
     if config.observation == "ground_truth":  # its observations hold no frames: render them
@@ -515,35 +543,22 @@ def record_episode(
         env = GroundTruthObservation(env, config.max_objects)
     observation, info = env.reset(seed=seed)
     pictures, total, done = [], 0.0, False
-    while True:
-        if config.observation == "slots":
-            frame = observation["observation"]
-            resolution = observation["masks"].shape[-1]
-            small = (
-                (prepare_frames(frame[None], resolution, "cpu", resize=True)[0].movedim(0, -1) * 255)
-                .round()
-                .byte()
-                .numpy()
-            )
-            overlay = (
-                0.45 * small + 0.55 * slot_colours(observation["masks"].shape[0])[observation["masks"].argmax(axis=0)]
-            ).astype(np.uint8)
-            pictures.append(grid([[small, overlay]], scale=scale))
-            acted = {key: observation[key][None] for key in config.keys}
-        else:
-            frame = env.render() if config.observation == "ground_truth" else observation
-            pictures.append(grid([[frame]], scale=scale))
-            acted = (
-                {key: value[None] for key, value in observation.items()}
-                if isinstance(observation, dict)
-                else observation[None]
-            )
-        if done:
-            break
-        action, _ = policy.predict(acted, deterministic=True)
-        observation, reward, terminated, truncated, info = env.step(action[0])
-        total += float(reward)
-        done = terminated or truncated
+    with _seeded_draws(seed):
+        while True:
+            picture, acted = _picture_and_input(observation, env, config, scale)
+            pictures.append(picture)
+            if done:
+                break
+            action, _ = policy.predict(acted, deterministic=deterministic)
+            observation, reward, terminated, truncated, info = env.step(action[0])
+            total += float(reward)
+            done = terminated or truncated
     env.close()
     save_gif(pictures, path)
-    return {"return": total, "is_success": info.get("is_success"), "steps": len(pictures) - 1, "video": str(path)}
+    return {
+        "return": total,
+        "is_success": info.get("is_success"),
+        "steps": len(pictures) - 1,
+        "video": str(path),
+        "deterministic": deterministic,
+    }

@@ -172,15 +172,18 @@ def run_eval_agent(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, env_kwargs={**config.env_kwargs, **args.env_kwargs})
         if config.observation == "ground_truth":  # as many rows as the policy reads, whatever the env's count
             config = dataclasses.replace(config, max_objects=policy.observation_space["slots"].shape[0])
+        deterministic = not args.stochastic
         result = {
             "agent": str(args.agent),
             "env_kwargs": config.env_kwargs,
             **evaluate_policy_in_env(
-                policy, config, args.episodes, seed=args.seed, deterministic=not args.stochastic, device=args.device
+                policy, config, args.episodes, seed=args.seed, deterministic=deterministic, device=args.device
             ),
         }
         if args.video:
-            result["video"] = record_episode(policy, config, args.video, seed=args.seed, device=args.device)
+            result["video"] = record_episode(
+                policy, config, args.video, seed=args.seed, device=args.device, deterministic=deterministic
+            )
         return result
 
     print(json.dumps(user_errors(evaluate), indent=2))
