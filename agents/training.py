@@ -29,6 +29,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecTransposeImage
 from tqdm.auto import tqdm
 
@@ -79,7 +80,8 @@ class AgentConfig(JsonConfig):
     perception: shipped name or checkpoint path; None: the shipped default (slots only).
     extractor: ``"context"``, ``"relation"``, ``"transformer"`` or ``"deepsets"`` (:class:`~ocrl.agents.SlotSetExtractor`).
     hidden_dim: width of the extractor's pair and token MLPs.
-    algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`.
+    algo_kwargs: passed to the SB3 algorithm over :data:`ALGORITHM_DEFAULTS`; ``learning_rate``
+        and ``clip_range`` may be RL Zoo's ``"lin_<start>"`` (linear from start to 0 over training).
     imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
         objects with an oracle world model), evaluate in the
         real env.
@@ -119,6 +121,28 @@ class AgentConfig(JsonConfig):
             raise ValueError("max_objects is the ground-truth oracle's number of rows: a positive int")
         if self.symmetric and (self.algo != "ppo" or self.observation == "pixels"):
             raise ValueError("a symmetric policy is a PPO policy on slot codes or ground-truth objects")
+        _with_schedules(self.algo_kwargs)
+
+
+SCHEDULED = ("learning_rate", "clip_range")
+
+
+def _with_schedules(algo_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``algo_kwargs`` with RL Zoo's ``"lin_<start>"`` values of :data:`SCHEDULED` keys as SB3
+    schedules, linear from start to 0 over training (and resumed where they were)."""
+    kwargs = dict(algo_kwargs)
+    for key in SCHEDULED:
+        value = kwargs.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            start = float(value.removeprefix("lin_")) if value.startswith("lin_") else math.nan
+        except ValueError:
+            start = math.nan
+        if not start > 0:
+            raise ValueError(f"{key} {value!r}: a number or 'lin_<start>' with start > 0, e.g. 'lin_1e-3'")
+        kwargs[key] = LinearSchedule(start, 0.0, 1.0)
+    return kwargs
 
 
 def _make_env(config: AgentConfig, seed: int | None = None) -> Callable[[], gym.Env]:
@@ -185,7 +209,7 @@ def make_imagination_env(
 def _algorithm(
     config: AgentConfig, venv: VecEnv, seed: int = 0, device: str = "auto", tensorboard: str | None = None
 ) -> BaseAlgorithm:
-    kwargs = {**ALGORITHM_DEFAULTS[config.algo], **config.algo_kwargs}
+    kwargs = {**ALGORITHM_DEFAULTS[config.algo], **_with_schedules(config.algo_kwargs)}
     if config.observation == "pixels":
         policy = "CnnPolicy"
     else:

@@ -154,6 +154,22 @@ def test_other_algorithms_and_baselines_train_and_reload(config, tmp_path):
     assert loaded == config
 
 
+def test_a_linear_learning_rate_falls_to_zero_over_training(tmp_path):
+    config = AgentConfig(
+        observation="ground_truth",
+        algo_kwargs={"n_steps": 32, "batch_size": 32, "n_epochs": 1, "learning_rate": "lin_1e-3"},
+    )
+    train_agent(config, tmp_path / "agent", steps=128, num_envs=2, eval_episodes=2, progress=False)
+    _, loaded = load_agent(tmp_path / "agent")
+    assert loaded == config
+    # two rollouts of 64 steps: the first update at half the start, the last at 0
+    (optimizer,) = load_trainer_state(tmp_path / "agent")["optimizers"].values()
+    assert [group["lr"] for group in optimizer["param_groups"]] == [0.0]
+    for value in ["lin_0", "lin_x", "1e-3", "exp_1e-3"]:
+        with pytest.raises(ValueError, match="'lin_<start>'"):
+            AgentConfig(algo_kwargs={"learning_rate": value})
+
+
 def test_bad_agent_configs_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown algorithm"):
         AgentConfig(algo="a2c")
