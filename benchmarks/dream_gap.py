@@ -70,6 +70,8 @@ def imagined_outcomes(policy, world_model, episodes: int, success_return: float)
         for index in np.flatnonzero(stops):
             if ended[index] is None:
                 ended[index] = outcome(returns[index], False, success_return)
+        if all(ended):
+            break  # every episode has ended: no more steps to take
     return [end or outcome(returns[index], True, success_return) for index, end in enumerate(ended)]
 
 
