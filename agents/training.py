@@ -14,6 +14,7 @@ import contextlib
 import csv
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,9 @@ class AgentConfig(JsonConfig):
     imagination: a world-model checkpoint path: train inside it (slot codes, or ground-truth
         objects with an oracle world model), evaluate in the
         real env.
+    real_envs: with ``imagination``, how many of the sub-envs act in the real env beside the
+        imagined ones (Dyna-style: every PPO update also sees real experience, and the states
+        the world model never reaches).
     max_objects: rows of the ground-truth oracle's set (default: the env's largest object count
         plus the agent); more rows let the same agent be evaluated with more objects.
     symmetric: PPO's policy averaged over the square's rotations and reflections
@@ -107,6 +111,7 @@ class AgentConfig(JsonConfig):
     imagination: str | None = None
     max_objects: int | None = None
     symmetric: bool = False
+    real_envs: int = 0
 
     def __post_init__(self) -> None:
         if self.algo not in ALGORITHMS:
@@ -117,6 +122,10 @@ class AgentConfig(JsonConfig):
             raise ValueError(f"a perception model is used only with observation 'slots', not {self.observation!r}")
         if self.imagination is not None and self.observation == "pixels":
             raise ValueError("agents train in imagination on slot codes or ground-truth objects, not on pixels")
+        if self.real_envs < 0 or (self.real_envs and self.imagination is None):
+            raise ValueError(
+                "real_envs is how many sub-envs act in the real env beside imagined ones: >= 0, with imagination"
+            )
         if self.max_objects is not None and (self.observation != "ground_truth" or self.max_objects < 1):
             raise ValueError("max_objects is the ground-truth oracle's number of rows: a positive int")
         if self.symmetric and (self.algo != "ppo" or self.observation == "pixels"):
@@ -204,6 +213,81 @@ def make_imagination_env(
         )
     starts = starts_from_env(model, seed=seed, env_id=config.env_id, env_kwargs=config.env_kwargs, perception=reads)
     return ImaginationVecEnv(model, starts, num_envs=num_envs, seed=seed)
+
+
+class ConcatVecEnv(VecEnv):
+    """The sub-envs of several VecEnvs with the same spaces, side by side, as one VecEnv (what
+    mixes imagined and real sub-envs): actions, observations, rewards, dones and infos in
+    order, the first VecEnv's sub-envs first."""
+
+    def __init__(self, venvs: list[VecEnv]):
+        first = venvs[0]
+        for venv in venvs[1:]:
+            if (venv.observation_space, venv.action_space) != (first.observation_space, first.action_space):
+                raise ValueError(
+                    f"VecEnvs of different spaces cannot act side by side: {first.observation_space}, "
+                    f"{first.action_space} vs {venv.observation_space}, {venv.action_space}"
+                )
+        self.venvs = venvs
+        self.bounds = np.cumsum([0] + [venv.num_envs for venv in venvs])
+        super().__init__(int(self.bounds[-1]), first.observation_space, first.action_space)
+
+    def _join(self, parts: list[Any]) -> Any:
+        if isinstance(parts[0], dict):
+            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        return np.concatenate(parts)
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        return [
+            value
+            for venv, start in zip(self.venvs, self.bounds)
+            for value in venv.seed(None if seed is None else seed + int(start))
+        ]
+
+    def reset(self):
+        observations = [venv.reset() for venv in self.venvs]
+        self.reset_infos = [info for venv in self.venvs for info in venv.reset_infos]
+        return self._join(observations)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        for venv, start, stop in zip(self.venvs, self.bounds, self.bounds[1:]):
+            venv.step_async(actions[start:stop])
+
+    def step_wait(self):
+        results = [venv.step_wait() for venv in self.venvs]
+        observations, rewards, dones, infos = zip(*results)
+        return (
+            self._join(list(observations)),
+            np.concatenate(rewards),
+            np.concatenate(dones),
+            [i for part in infos for i in part],
+        )
+
+    def close(self) -> None:
+        for venv in self.venvs:
+            venv.close()
+
+    def _each(self, method: str, indices, *args, **kwargs) -> list[Any]:
+        """``method`` of the VecEnvs holding sub-envs ``indices``, each with its own indices."""
+        wanted = np.asarray(self._get_indices(indices))
+        results = []
+        for venv, start, stop in zip(self.venvs, self.bounds, self.bounds[1:]):
+            mine = [int(i - start) for i in wanted if start <= i < stop]
+            if mine:
+                results += getattr(venv, method)(*args, indices=mine, **kwargs) or []  # set_attr: None
+        return results
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return self._each("get_attr", indices, attr_name)
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        self._each("set_attr", indices, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
+        return self._each("env_method", indices, method_name, *method_args, **method_kwargs)
+
+    def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
+        return self._each("env_is_wrapped", indices, wrapper_class)
 
 
 def _algorithm(
@@ -336,6 +420,13 @@ class _Checkpoints(EvalCallback):
             self.due = True
         return True
 
+    def _init_callback(self) -> None:
+        # SB3 warns when the training env is not of the eval env's type (for VecNormalize, which
+        # ocrl does not use): imagined training envs never are
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+            super()._init_callback()
+
     def _on_rollout_start(self) -> None:
         self._checkpoint()
 
@@ -389,8 +480,13 @@ def train_agent(
     if resume and read_checkpoint_config(out)[0] != config:
         raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
     perception_device = None if device == "auto" else device
+    if config.real_envs >= num_envs:
+        raise OcrlError(f"real_envs {config.real_envs} leaves none of the {num_envs} sub-envs to imagination")
     if config.imagination is not None:
-        venv = make_imagination_env(config, num_envs, seed, device=perception_device)
+        venv = make_imagination_env(config, num_envs - config.real_envs, seed, device=perception_device)
+        if config.real_envs:
+            real = make_vec_env(config, config.real_envs, seed + num_envs, device=perception_device)
+            venv = ConcatVecEnv([venv, real])
     else:
         venv = make_vec_env(config, num_envs, seed, device=perception_device)
     algorithm = _algorithm(config, venv, seed, device, None if tensorboard is None else str(tensorboard))

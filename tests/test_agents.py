@@ -177,6 +177,8 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         AgentConfig(observation="pixels", perception="smoothsa-sprites")
     with pytest.raises(ValueError, match="oracle's number of rows"):
         AgentConfig(observation="slots", max_objects=6)
+    with pytest.raises(ValueError, match="with imagination"):
+        AgentConfig(real_envs=2)
     with pytest.raises(OcrlError, match="dqn cannot train"):
         train_agent(
             AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"),
@@ -186,6 +188,30 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         )
     with pytest.raises(ValueError, match="no perception model"):
         train_agent(AgentConfig(perception="no-such-model"), tmp_path / "b", steps=10, progress=False)
+
+
+def test_concatenated_vec_envs_step_as_their_parts_do():
+    config = AgentConfig(observation="ground_truth", env_kwargs={"resolution": 32})
+    parts = [agent_training.make_vec_env(config, 2, seed=0), agent_training.make_vec_env(config, 1, seed=5)]
+    alone = [agent_training.make_vec_env(config, 2, seed=0), agent_training.make_vec_env(config, 1, seed=5)]
+    joined = agent_training.ConcatVecEnv(parts)
+    assert joined.num_envs == 3 and joined.get_attr("render_mode", [1, 2]) == [None, None]
+    first = joined.reset()
+    expected = [venv.reset() for venv in alone]
+    for key in first:
+        np.testing.assert_array_equal(first[key], np.concatenate([part[key] for part in expected]))
+    actions = np.random.default_rng(0).integers(4, size=(30, 3))
+    for step in actions:
+        observation, rewards, dones, infos = joined.step(step)
+        results = [alone[0].step(step[:2]), alone[1].step(step[2:])]
+        for key in observation:
+            np.testing.assert_array_equal(observation[key], np.concatenate([r[0][key] for r in results]))
+        np.testing.assert_array_equal(rewards, np.concatenate([r[1] for r in results]))
+        np.testing.assert_array_equal(dones, np.concatenate([r[2] for r in results]))
+        assert [info.keys() for info in infos] == [info.keys() for r in results for info in r[3]]
+    pixels = agent_training.make_vec_env(AgentConfig(observation="pixels", env_kwargs={"resolution": 32}))
+    with pytest.raises(ValueError, match="different spaces"):
+        agent_training.ConcatVecEnv([joined, pixels])
 
 
 def _turned(observation: dict[str, torch.Tensor], symmetry: np.ndarray) -> dict[str, torch.Tensor]:

@@ -402,6 +402,18 @@ def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_mode
     metrics = train_agent(config, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
     assert metrics["episodes"] == 2 and 0 <= metrics["success_rate"] <= 1
     assert load_agent(tmp_path / "agent")[1].imagination == world_model
+    # one of the sub-envs real: the real env's slot codes fit the imagined ones' space
+    mixed = train_agent(
+        dataclasses.replace(config, real_envs=1),
+        tmp_path / "mixed",
+        steps=64,
+        num_envs=4,
+        eval_episodes=2,
+        progress=False,
+    )
+    assert mixed["num_timesteps"] == 64
+    with pytest.raises(OcrlError, match="leaves none"):
+        train_agent(dataclasses.replace(config, real_envs=4), tmp_path / "none", steps=64, num_envs=4, progress=False)
     with pytest.raises(OcrlError, match="models codes of perception"):
         train_agent(
             AgentConfig(env_id="ocrl/ObjectGoal-v0", env_kwargs=ENV_KWARGS, imagination=world_model),
@@ -770,3 +782,29 @@ def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_pat
         dream(dataclasses.replace(config, episodes_per_round=4), tmp_path / "run", progress=False)
     assert main(["dream", "--out", str(tmp_path / "cli"), "--observation", "pixels"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_dream_agents_may_also_act_in_real_sub_envs_whose_steps_count_as_real(tmp_path):
+    from ocrl.agents import load_agent
+    from ocrl.world_models import DreamConfig, dream
+
+    config = DreamConfig(
+        env_kwargs=ENV_KWARGS,
+        observation="ground_truth",
+        rounds=1,
+        episodes_per_round=2,
+        world_model_steps=2,
+        agent_steps=256,
+        eval_episodes=2,
+        world_model={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        algo_kwargs={"n_steps": 16, "batch_size": 64, "n_epochs": 1},
+        hidden_dim=16,
+        real_envs=4,
+    )
+    [row] = dream(config, tmp_path / "run", progress=False)
+    collected = sum(record.length for record in RolloutStore.open(tmp_path / "run" / "data" / "round-00").episodes)
+    # one rollout of 16 steps in each of the 16 sub-envs: 4 of them real
+    assert row["imagined_steps"] == 12 * 16 and row["real_env_steps"] == collected + 4 * 16
+    assert load_agent(tmp_path / "run" / "agent")[1].real_envs == 4
+    with pytest.raises(ValueError, match="0 to 15"):
+        dataclasses.replace(config, real_envs=16)

@@ -9,9 +9,11 @@ env on held-out episodes; repeat.
     OUT/config.json        the DreamConfig (a rerun with another config is refused)
     OUT/data/round-NN/     one rollout store per round (round 0: random actions; then the agent)
     OUT/world-model/       trained on every round's store, resumed each round
-    OUT/agent/             trained only in imagination, resumed each round
-    OUT/rounds.csv         per round: real env steps collected so far, world-model steps,
-                           imagined agent steps, held-out success rate and return in the real env
+    OUT/agent/             trained in imagination (and in ``real_envs`` real sub-envs beside
+                           it), resumed each round
+    OUT/rounds.csv         per round: real env steps so far (collected, and the agent's own in
+                           real sub-envs), world-model steps, imagined agent steps, held-out
+                           success rate and return in the real env
 
 Every stage resumes (collection, world model, agent), so rerunning the same command after an
 interruption continues where it stopped, and a larger ``rounds`` goes on from the last round.
@@ -40,6 +42,7 @@ ROUND_COLUMNS = ("round", "real_env_steps", "world_model_steps", "imagined_steps
 # the evaluation episodes (ocrl.agents.training.EVALUATION_SEED, 10**6 on)
 COLLECTION_SEED = 2_000_000
 ROUND_SEEDS = 100_000
+AGENT_ENVS = 16  # the agent's sub-envs, imagined and real
 
 
 @dataclass
@@ -55,6 +58,8 @@ class DreamConfig(JsonConfig):
         defaults change.
     algo_kwargs: the agent's, over ``ocrl train-agent``'s PPO defaults.
     hidden_dim, symmetric: the agent's set policy (:class:`~ocrl.agents.AgentConfig`).
+    real_envs: of the agent's :data:`AGENT_ENVS` sub-envs, how many act in the real env beside
+        the imagined ones (Dyna-style); their steps count as real env steps.
     """
 
     config_name = "dream config"  # where a from_dict error is, not a field
@@ -72,6 +77,7 @@ class DreamConfig(JsonConfig):
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     hidden_dim: int = 128
     symmetric: bool = False
+    real_envs: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +88,10 @@ class DreamConfig(JsonConfig):
         if min(self.rounds, self.episodes_per_round, self.world_model_steps, self.agent_steps, self.eval_episodes) < 1:
             raise ValueError(
                 "rounds, episodes_per_round, world_model_steps, agent_steps and eval_episodes must be positive"
+            )
+        if not 0 <= self.real_envs < AGENT_ENVS:
+            raise ValueError(
+                f"real_envs is how many of the agent's {AGENT_ENVS} sub-envs are real: 0 to {AGENT_ENVS - 1}"
             )
         sizes = WorldModelConfig().sizes()
         unknown = sorted(set(self.world_model) - set(sizes))
@@ -123,6 +133,7 @@ def dream(
         algo_kwargs=config.algo_kwargs,
         hidden_dim=config.hidden_dim,
         symmetric=config.symmetric,
+        real_envs=config.real_envs,
         imagination=str((out / "world-model").resolve()),
     )
     stores = []
@@ -155,18 +166,21 @@ def dream(
             agent,
             out / "agent",
             steps=agent_steps,
+            num_envs=AGENT_ENVS,
             seed=config.seed,
             device=device or "auto",
             checkpoint_every=config.agent_steps,
             eval_episodes=config.eval_episodes,
             progress=progress,
         )
+        collected = sum(sum(record.length for record in store.episodes) for store in stores)
+        agent_real = metrics["num_timesteps"] * config.real_envs // AGENT_ENVS
         rows.append(
             {
                 "round": round_index,
-                "real_env_steps": sum(sum(record.length for record in store.episodes) for store in stores),
+                "real_env_steps": collected + agent_real,
                 "world_model_steps": world_model_steps,
-                "imagined_steps": metrics["num_timesteps"],
+                "imagined_steps": metrics["num_timesteps"] - agent_real,
                 "success_rate": metrics["success_rate"],
                 "mean_return": metrics["mean_return"],
             }

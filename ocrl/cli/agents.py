@@ -93,6 +93,12 @@ def add_train_agent(subparsers) -> None:
         type=Path,
         help="world-model checkpoint: train inside it on slot codes, evaluate in the real env",
     )
+    parser.add_argument(
+        "--real-envs",
+        default=0,
+        type=non_negative_int,
+        help="with --imagination: how many of the sub-envs act in the real env beside the imagined ones (default 0)",
+    )
     add_tensorboard(parser)
 
 
@@ -112,6 +118,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             max_objects=args.max_objects,
             hidden_dim=args.hidden_dim,
             symmetric=args.symmetric,
+            real_envs=args.real_envs,
         )
         return train_agent(
             config,

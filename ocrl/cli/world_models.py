@@ -187,6 +187,12 @@ def add_dream(subparsers) -> None:
     parser.add_argument("--algo-kwargs", default={}, type=json_object, help="JSON object over the agent's PPO defaults")
     add_policy_options(parser)
     parser.add_argument(
+        "--real-envs",
+        default=0,
+        type=non_negative_int,
+        help="of the agent's 16 sub-envs, how many act in the real env beside the imagined ones; their steps count as real (default 0)",
+    )
+    parser.add_argument(
         "--seed", default=0, type=non_negative_int, help="seed of the world model and agent (default 0)"
     )
     parser.add_argument("--out", required=True, type=Path, help="run directory (resumed if it holds this run)")
@@ -211,6 +217,7 @@ def run_dream(args: argparse.Namespace) -> int:
             algo_kwargs=args.algo_kwargs,
             hidden_dim=args.hidden_dim,
             symmetric=args.symmetric,
+            real_envs=args.real_envs,
             seed=args.seed,
         )
         return dream(config, args.out, device=args.device)
