@@ -156,7 +156,7 @@ def add_dream(subparsers) -> None:
         "dream",
         run_dream,
         help="model-based loop: collect, train the world model, train the agent in imagination, repeat",
-        description="Each round: collect real episodes with the current agent (random in round 0), train the world model on all of them, train the agent only inside the world model, evaluate it in the real env on held-out episodes. Rerun the same command to resume; a larger --rounds goes on.",
+        description="Each round: collect real episodes with the current agent (random in round 0), train the world model on all of them, train the agent inside the world model (and in --real-envs real sub-envs beside it), evaluate it in the real env on held-out episodes. Rerun the same command to resume; a larger --rounds goes on.",
     )
     parser.add_argument("--env", default="ocrl/ObjectGoal-v0", help="env id (default ocrl/ObjectGoal-v0)")
     add_env_kwargs(parser)
