@@ -738,23 +738,30 @@ def test_each_loader_checks_the_kind_whatever_was_imported_before(world_model, t
     assert "not a perception model" in result.stdout and result.stdout.strip().endswith("SlotWorldModel")
 
 
+def small_dream(**changes):
+    """A DreamConfig of the oracle loop at test sizes: 16-step rollouts, one PPO rollout a round."""
+    from ocrl.world_models import DreamConfig
+
+    sizes = {
+        "env_kwargs": ENV_KWARGS,
+        "observation": "ground_truth",
+        "rounds": 2,
+        "episodes_per_round": 3,
+        "world_model_steps": 2,
+        "agent_steps": 256,
+        "eval_episodes": 2,
+        "world_model": {"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
+        "algo_kwargs": {"n_steps": 16, "batch_size": 64, "n_epochs": 2},
+        "hidden_dim": 16,
+    }
+    return DreamConfig(**{**sizes, **changes})
+
+
 def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_path, capsys):
     from ocrl.agents import load_agent
-    from ocrl.world_models import DreamConfig, dream
+    from ocrl.world_models import dream
 
-    config = DreamConfig(
-        env_kwargs=ENV_KWARGS,
-        observation="ground_truth",
-        rounds=2,
-        episodes_per_round=3,
-        world_model_steps=2,
-        agent_steps=256,
-        eval_episodes=2,
-        world_model={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
-        algo_kwargs={"n_steps": 16, "batch_size": 64, "n_epochs": 2},
-        hidden_dim=16,
-        symmetric=True,
-    )
+    config = small_dream(symmetric=True)
     rows = dream(config, tmp_path / "run", progress=False)
     assert [row["round"] for row in rows] == [0, 1]
     assert rows[0]["real_env_steps"] < rows[1]["real_env_steps"] and rows[1]["world_model_steps"] == 4
@@ -786,21 +793,9 @@ def test_dream_loop_collects_trains_in_imagination_evaluates_and_resumes(tmp_pat
 
 def test_dream_agents_may_also_act_in_real_sub_envs_whose_steps_count_as_real(tmp_path):
     from ocrl.agents import load_agent
-    from ocrl.world_models import DreamConfig, dream
+    from ocrl.world_models import dream
 
-    config = DreamConfig(
-        env_kwargs=ENV_KWARGS,
-        observation="ground_truth",
-        rounds=1,
-        episodes_per_round=2,
-        world_model_steps=2,
-        agent_steps=256,
-        eval_episodes=2,
-        world_model={"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
-        algo_kwargs={"n_steps": 16, "batch_size": 64, "n_epochs": 1},
-        hidden_dim=16,
-        real_envs=4,
-    )
+    config = small_dream(rounds=1, real_envs=4)
     [row] = dream(config, tmp_path / "run", progress=False)
     collected = sum(record.length for record in RolloutStore.open(tmp_path / "run" / "data" / "round-00").episodes)
     # one rollout of 16 steps in each of the 16 sub-envs: 4 of them real
