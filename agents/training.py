@@ -216,9 +216,9 @@ def make_imagination_env(
 
 
 class ConcatVecEnv(VecEnv):
-    """The sub-envs of several VecEnvs with the same spaces, side by side, as one VecEnv (what
-    mixes imagined and real sub-envs): actions, observations, rewards, dones and infos in
-    order, the first VecEnv's sub-envs first."""
+    """The sub-envs of several VecEnvs with the same spaces and dict observations (slot codes or
+    the oracle's rows), side by side, as one VecEnv (what mixes imagined and real sub-envs):
+    actions, observations, rewards, dones and infos in order, the first VecEnv's sub-envs first."""
 
     def __init__(self, venvs: list[VecEnv]):
         first = venvs[0]
@@ -232,10 +232,8 @@ class ConcatVecEnv(VecEnv):
         self.bounds = np.cumsum([0] + [venv.num_envs for venv in venvs])
         super().__init__(int(self.bounds[-1]), first.observation_space, first.action_space)
 
-    def _join(self, parts: list[Any]) -> Any:
-        if isinstance(parts[0], dict):
-            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-        return np.concatenate(parts)
+    def _join(self, parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def seed(self, seed: int | None = None) -> list[int | None]:
         return [
