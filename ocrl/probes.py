@@ -14,6 +14,9 @@ On the matched pairs:
   relative positions between slots do not show);
 - ``depth_order``: over pairs of matched objects in one frame whose true depths differ, the
   share whose position-code depths (``position[..., 3]``) order them the same way;
+  ``depth_order_touching`` the same over the pairs whose visible masks touch (share of all pairs:
+  ``touching_share``): only there does the frame show which is in front, so only there can a
+  model read the order from pixels (apart from what it remembers of an earlier overlap);
 - ``psnr``: of the model's reconstruction against the frame, at the model's resolution.
 
 Codes are what an agent sees: :class:`~ocrl.slots.SlotCodes` from ``step``, frame by frame.
@@ -44,8 +47,9 @@ class MatchedSlots:
 
     slots (N, D), position (N, 4): the codes; colour (N,) str (the object's RGB, written out),
     shape (N,) str, true_position (N, 2), true_depth (N,): the object's ground truth;
-    frame (N,): which frame (pairs of one frame share it); objects: how many objects were
-    visible in all frames; psnr: per frame.
+    frame (N,): which frame (pairs of one frame share it); row (N,): the object's row in its
+    frame; touches (N,): bit r set when the object's visible mask touches row r's (4-neighbours);
+    objects: how many objects were visible in all frames; psnr: per frame.
     """
 
     slots: np.ndarray
@@ -55,6 +59,8 @@ class MatchedSlots:
     true_position: np.ndarray
     true_depth: np.ndarray
     frame: np.ndarray
+    row: np.ndarray
+    touches: np.ndarray
     objects: int
     psnr: np.ndarray
 
@@ -80,6 +86,18 @@ def match_frame(
     return [(int(row), int(column)) for row, column in zip(rows, columns) if coverage[row, column] >= min_coverage]
 
 
+def touching_rows(true_ids: np.ndarray) -> np.ndarray:
+    """Per object row of one frame (true_ids (H, W): 0 background, i = row i - 1), a bit mask of
+    the rows whose visible pixels are 4-neighbours of its own."""
+    touches = np.zeros(int(true_ids.max()), np.int64)
+    for first, second in ((true_ids[:, :-1], true_ids[:, 1:]), (true_ids[:-1], true_ids[1:])):
+        border = (first != second) & (first > 0) & (second > 0)
+        for a, b in {(int(a), int(b)) for a, b in zip(first[border], second[border])}:
+            touches[a - 1] |= 1 << (b - 1)
+            touches[b - 1] |= 1 << (a - 1)
+    return touches
+
+
 @torch.no_grad()
 def match_slots(
     model,
@@ -100,7 +118,7 @@ def match_slots(
         raise OcrlError(f"no episode in {store.path} has {num_frames} frames; pass a smaller number of frames")
     model.eval()
     rows: dict[str, list] = {key: [] for key in ("slots", "position", "colour", "shape", "true_position", "true_depth")}
-    frame_ids, psnr, objects, frame_count = [], [], 0, 0
+    frame_ids, object_rows, touches, psnr, objects, frame_count = [], [], [], [], 0, 0
     for begin in tqdm(range(0, len(chosen), batch_size), desc="match slots", unit="batch", disable=not progress):
         episodes = [store.episode(i) for i in chosen[begin : begin + batch_size]]
         frames = np.stack([episode.frames(0, num_frames) for episode in episodes])
@@ -116,6 +134,7 @@ def match_slots(
             ids = segment_ids(true_ids[None], resize_masks(encoded["masks"][video : video + 1], true_ids.shape[-2:]))[0]
             for t in range(num_frames):
                 pairs = match_frame(truth["masks"][t], ids[t].numpy(), model.num_slots, min_coverage)
+                neighbours = touching_rows(truth["masks"][t])
                 objects += int(truth["masks"][t].max())
                 for row, slot in pairs:
                     rows["slots"].append(encoded["slots"][video, t, slot].numpy())
@@ -125,11 +144,20 @@ def match_slots(
                     rows["true_position"].append(truth["object_position"][t, row])
                     rows["true_depth"].append(truth["object_depth"][t, row])
                     frame_ids.append(frame_count)
+                    object_rows.append(row)
+                    touches.append(neighbours[row])
                 frame_count += 1
     if not frame_ids:
         raise OcrlError(f"no slot of the model wins {min_coverage:.0%} of any object in {store.path}")
     arrays = {key: np.stack(values) for key, values in rows.items()}
-    return MatchedSlots(**arrays, frame=np.asarray(frame_ids), objects=objects, psnr=np.concatenate(psnr))
+    return MatchedSlots(
+        **arrays,
+        frame=np.asarray(frame_ids),
+        row=np.asarray(object_rows),
+        touches=np.asarray(touches, np.int64),
+        objects=objects,
+        psnr=np.concatenate(psnr),
+    )
 
 
 def linear_probe(
@@ -169,19 +197,34 @@ def linear_probe(
     return float((predicted == truth).mean())
 
 
-def depth_order(predicted: np.ndarray, true: np.ndarray, frame: np.ndarray) -> float:
-    """Share of same-frame pairs with different true depths whose predicted depths order them alike
-    (a tie in the prediction counts as wrong); NaN without such pairs."""
-    agree, total = 0, 0
+def frame_pairs(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (first, second) of every pair of matched objects that share a frame."""
+    first, second = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for index in np.unique(frame):
         members = np.flatnonzero(frame == index)
-        first, second = np.triu_indices(len(members), k=1)
-        true_sign = np.sign(true[members[first]] - true[members[second]])
-        predicted_sign = np.sign(predicted[members[first]] - predicted[members[second]])
-        differ = true_sign != 0
-        agree += int((true_sign[differ] == predicted_sign[differ]).sum())
-        total += int(differ.sum())
-    return agree / total if total else float("nan")
+        a, b = np.triu_indices(len(members), k=1)
+        first.append(members[a])
+        second.append(members[b])
+    return np.concatenate(first), np.concatenate(second)
+
+
+def depth_order(
+    predicted: np.ndarray,
+    true: np.ndarray,
+    frame: np.ndarray,
+    touching: np.ndarray | None = None,
+) -> float:
+    """Share of same-frame pairs (:func:`frame_pairs`) with different true depths whose predicted
+    depths order them alike (a tie in the prediction counts as wrong); NaN without such pairs.
+    ``touching`` (bool per pair) keeps only some pairs."""
+    first, second = frame_pairs(frame)
+    true_sign = np.sign(true[first] - true[second])
+    counted = true_sign != 0
+    if touching is not None:
+        counted &= touching
+    if not counted.any():
+        return float("nan")
+    return float((np.sign(predicted[first] - predicted[second]) == true_sign)[counted].mean())
 
 
 def probe_scores(train: MatchedSlots, test: MatchedSlots) -> dict[str, Any]:
@@ -195,7 +238,11 @@ def probe_scores(train: MatchedSlots, test: MatchedSlots) -> dict[str, Any]:
     error = test.position[:, :2] - test.true_position
     result["position_error_x"], result["position_error_y"] = (float(value) for value in np.abs(error).mean(0))
     result["position_bias_x"], result["position_bias_y"] = (float(value) for value in error.mean(0))
+    first, second = frame_pairs(test.frame)
+    touching = (test.touches[first] >> test.row[second]) & 1 == 1
     result["depth_order"] = depth_order(test.position[:, 3], test.true_depth, test.frame)
+    result["depth_order_touching"] = depth_order(test.position[:, 3], test.true_depth, test.frame, touching)
+    result["touching_share"] = float(touching.mean()) if len(touching) else float("nan")
     result["psnr"] = float(test.psnr.mean())
     result["matched_share"] = len(test.slots) / max(test.objects, 1)
     result["pairs_train"], result["pairs_test"] = len(train.slots), len(test.slots)

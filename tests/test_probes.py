@@ -8,7 +8,15 @@ import pytest
 import ocrl
 from ocrl.data.collect import collect
 from ocrl.errors import OcrlError
-from ocrl.probes import MatchedSlots, depth_order, linear_probe, match_frame, match_slots, probe_scores
+from ocrl.probes import (
+    MatchedSlots,
+    depth_order,
+    linear_probe,
+    match_frame,
+    match_slots,
+    probe_scores,
+    touching_rows,
+)
 
 
 def test_match_frame_pairs_each_object_with_the_slot_that_wins_most_of_it():
@@ -46,6 +54,21 @@ def test_depth_order_counts_agreeing_pairs_within_frames():
     assert depth_order(np.array([3.0, 2.0, 1.0, 0.0, 0.0]), true, frame) == 0.0
     assert depth_order(np.array([1.0, 1.0, 3.0, 0.0, 0.0]), true, frame) == pytest.approx(2 / 3)
     assert np.isnan(depth_order(np.array([1.0]), np.array([0.1]), np.array([0])))
+    # pairs in frame order: (0, 1), (0, 2), (1, 2), (3, 4); only those that touch may count
+    touching = np.array([False, True, False, True])
+    assert depth_order(np.array([3.0, 2.0, 1.0, 0.0, 0.0]), true, frame, touching) == 0.0
+    assert depth_order(np.array([1.0, 2.0, 0.0, 0.0, 0.0]), true, frame, touching) == 0.0
+    assert depth_order(np.array([1.0, 0.0, 3.0, 0.0, 0.0]), true, frame, touching) == 1.0
+
+
+def test_touching_rows_are_objects_whose_visible_pixels_are_neighbours():
+    true_ids = np.zeros((5, 6), np.int64)
+    true_ids[:2, :2] = 1
+    true_ids[:2, 2:4] = 2  # beside 1
+    true_ids[2, 3] = 3  # below 2
+    true_ids[4, 0] = 4  # alone; diagonal neighbours do not touch:
+    true_ids[3, 4] = 5
+    assert touching_rows(true_ids).tolist() == [0b10, 0b101, 0b10, 0, 0]
 
 
 def test_probe_scores_of_a_model_on_held_out_episodes(tiny_perception, tmp_path):
@@ -79,9 +102,12 @@ def test_position_bias_is_the_constant_offset_and_error_its_size():
         true_position=true,
         true_depth=random.uniform(0, 1, 40),
         frame=np.arange(40) // 4,
+        row=np.arange(40) % 4,
+        touches=np.array([0b10, 0b01, 0, 0] * 10),  # rows 0 and 1 of each frame touch
         objects=40,
         psnr=np.full(10, 20.0),
     )
     scores = probe_scores(pairs, pairs)
     assert scores["position_bias_x"] == pytest.approx(0.1) and scores["position_bias_y"] == pytest.approx(-0.2)
     assert scores["position_error_x"] == pytest.approx(0.1) and scores["position_error_y"] == pytest.approx(0.2)
+    assert scores["touching_share"] == pytest.approx(1 / 6)  # one of each frame's 6 pairs
