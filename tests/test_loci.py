@@ -253,6 +253,13 @@ def test_composition_sums_to_one_and_the_nearest_slot_wins():
     assert float(near.weights[0, 0]) > 0.99
 
 
+def test_a_fresh_background_module_puts_the_background_far():
+    # from the middle, the quick preset's background stage left a sprite background (1.0) at 0.70
+    torch.manual_seed(0)
+    depth = build_loci(tiny_loci_config()).background(torch.rand(2, 3, 32, 32)).depth
+    assert float(depth.mean()) > 0.8
+
+
 def test_pixel_head_equals_its_mlp_on_the_concatenated_maps():
     """The head never builds its input; it must compute what the MLP on [upsampled features,
     maps, relative coordinates] computes, values and gradients."""
