@@ -88,8 +88,11 @@ def match_frame(
 
 def touching_rows(true_ids: np.ndarray) -> np.ndarray:
     """Per object row of one frame (true_ids (H, W): 0 background, i = row i - 1), a bit mask of
-    the rows whose visible pixels are 4-neighbours of its own."""
-    touches = np.zeros(int(true_ids.max()), np.int64)
+    the rows whose visible pixels are 4-neighbours of its own (at most 63 objects: one int64 bit each)."""
+    objects = int(true_ids.max())
+    if objects > 63:
+        raise OcrlError(f"a frame has {objects} objects; depth order of touching pairs counts at most 63")
+    touches = np.zeros(objects, np.int64)
     for first, second in ((true_ids[:, :-1], true_ids[:, 1:]), (true_ids[:-1], true_ids[1:])):
         border = (first != second) & (first > 0) & (second > 0)
         for a, b in {(int(a), int(b)) for a, b in zip(first[border], second[border])}:

@@ -69,6 +69,8 @@ def test_touching_rows_are_objects_whose_visible_pixels_are_neighbours():
     true_ids[4, 0] = 4  # alone; diagonal neighbours do not touch:
     true_ids[3, 4] = 5
     assert touching_rows(true_ids).tolist() == [0b10, 0b101, 0b10, 0, 0]
+    with pytest.raises(OcrlError, match="63"):
+        touching_rows(np.arange(64).reshape(8, 8) + 1)
 
 
 def test_probe_scores_of_a_model_on_held_out_episodes(tiny_perception, tmp_path):
