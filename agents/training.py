@@ -576,8 +576,8 @@ def evaluate_policy_in_env(
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Success rate (built-in tasks; NaN for envs that do not report it), return and length over
-    ``episodes`` episodes, through SB3's ``evaluate_policy`` (which gives each sub-env a fixed
+    """Success rate (built-in tasks; NaN for envs that do not report it), the share of episodes
+    the time limit ended, return and length over ``episodes`` episodes, through SB3's ``evaluate_policy`` (which gives each sub-env a fixed
     share of the episodes: counting whichever end first would favour short episodes).
 
     ``deterministic`` takes each state's most likely action (SB3's convention). Such a policy
@@ -586,11 +586,13 @@ def evaluate_policy_in_env(
     seeded by ``seed`` (the caller's random state is left as it was)."""
     venv = make_vec_env(config, max(1, min(num_envs, episodes)), seed, device=device)
     successes: list[float] = []
+    time_limits: list[bool] = []
     bar = tqdm(total=episodes, unit="episode", desc="evaluate", disable=not progress)
 
     def record(local: dict[str, Any], _: dict[str, Any]) -> None:
         if local["done"]:
             successes.append(float(local["info"].get("is_success", math.nan)))
+            time_limits.append(bool(local["info"].get("TimeLimit.truncated", False)))
             bar.update(1)
 
     try:
@@ -610,6 +612,7 @@ def evaluate_policy_in_env(
     return {
         "episodes": episodes,
         "success_rate": float(np.mean(successes)),
+        "time_limit_rate": float(np.mean(time_limits)),
         "mean_return": float(np.mean(returns)),
         "std_return": float(np.std(returns)),
         "mean_length": float(np.mean(lengths)),

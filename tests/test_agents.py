@@ -291,13 +291,15 @@ def _towards_target(observation):
 def test_evaluation_counts_successes_of_a_scripted_policy():
     config = AgentConfig(observation="ground_truth", env_kwargs={"num_objects": 1})
     greedy = evaluate_policy_in_env(_Scripted(_towards_target), config, episodes=6, num_envs=4, progress=False)
-    assert greedy["success_rate"] == 1.0 and greedy["mean_return"] == 1.0 and greedy["mean_length"] < 30
+    assert greedy["success_rate"] == 1.0 and greedy["time_limit_rate"] == 0.0
+    assert greedy["mean_return"] == 1.0 and greedy["mean_length"] < 30
     # up, then down, forever: never touches anything, every episode runs into the time limit
     steps = iter(range(10**6))
     dither = evaluate_policy_in_env(
         _Scripted(lambda _: next(steps) % 2), config, episodes=5, num_envs=2, progress=False
     )
-    expected = {"episodes": 5, "success_rate": 0.0, "mean_return": 0.0, "std_return": 0.0, "mean_length": 100.0}
+    expected = {"episodes": 5, "success_rate": 0.0, "time_limit_rate": 1.0, "mean_return": 0.0, "std_return": 0.0}
+    expected["mean_length"] = 100.0
     assert dither == {**expected, "deterministic": True}
 
 

@@ -148,6 +148,28 @@ def test_pushing_the_target_onto_the_goal_succeeds():
     assert abs(target.x - goal.x) < goal.size and step >= 4
 
 
+def test_shaped_rewards_sum_to_the_distance_covered_and_leave_success_alone():
+    env, task = _touch_env("ocrl/ObjectInteraction-v0", shaping=2.0)
+    plain, _ = _touch_env("ocrl/ObjectInteraction-v0")
+    start, total, rng = task.distance_to_go(), 0.0, np.random.default_rng(0)
+    for _ in range(60):
+        action = int(rng.integers(4))
+        _, reward, terminated, _, info = env.step(action)
+        _, plain_reward, plain_terminated, _, plain_info = plain.step(action)
+        assert (terminated, info["is_success"], float(info["is_success"])) == (
+            plain_terminated,
+            plain_info["is_success"],
+            plain_reward,
+        )
+        total += reward - plain_reward
+        if terminated:
+            break
+    assert total == pytest.approx(2.0 * (start - task.distance_to_go()))
+    assert total != 0.0
+    with pytest.raises(ValueError, match="shaping"):
+        gym.make("ocrl/ObjectInteraction-v0", shaping=-1.0)
+
+
 def test_a_push_into_the_wall_is_blocked():
     env, task = _touch_env("ocrl/ObjectInteraction-v0", num_objects=1)
     target = task.objects[task.target]
