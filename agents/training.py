@@ -577,8 +577,9 @@ def evaluate_policy_in_env(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Success rate (built-in tasks; NaN for envs that do not report it), the share of episodes
-    the time limit ended, return and length over ``episodes`` episodes, through SB3's ``evaluate_policy`` (which gives each sub-env a fixed
-    share of the episodes: counting whichever end first would favour short episodes).
+    the time limit ended, return and length over ``episodes`` episodes, through SB3's
+    ``evaluate_policy`` (which gives each sub-env a fixed share of the episodes: counting
+    whichever end first would favour short episodes).
 
     ``deterministic`` takes each state's most likely action (SB3's convention). Such a policy
     repeats itself until the time limit once it is back in a state it has been in (pressing into
