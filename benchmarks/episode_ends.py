@@ -14,6 +14,7 @@ import json
 
 from ocrl.agents import load_agent, make_vec_env
 from ocrl.agents.training import EVALUATION_SEED
+from ocrl.cli.common import positive_int
 from ocrl.errors import OcrlError
 
 
@@ -24,27 +25,29 @@ def episode_ends(agent: str, episodes: int) -> dict[str, int]:
     if not hasattr(task, "agent"):
         raise OcrlError(f"{config.env_id} is not a built-in task: its agent's place is unknown")
     counts = collections.Counter({"success": 0, "distractor": 0, "stuck": 0, "back_and_forth": 0, "other": 0})
-    observation, places = venv.reset(), []
-    while sum(counts.values()) < episodes:
-        places.append((task.agent.x, task.agent.y))
-        action, _ = policy.predict(observation, deterministic=True)
-        observation, _, done, infos = venv.step(action)
-        if done[0]:
-            if infos[0].get("is_success"):
-                counts["success"] += 1
-            elif not infos[0].get("TimeLimit.truncated"):
-                counts["distractor"] += 1
-            else:
-                counts[{1: "stuck", 2: "back_and_forth"}.get(len(set(places[-10:])), "other")] += 1
-            places = []
-    venv.close()
+    try:
+        observation, places = venv.reset(), []
+        while sum(counts.values()) < episodes:
+            places.append((task.agent.x, task.agent.y))
+            action, _ = policy.predict(observation, deterministic=True)
+            observation, _, done, infos = venv.step(action)
+            if done[0]:
+                if infos[0].get("is_success"):
+                    counts["success"] += 1
+                elif not infos[0].get("TimeLimit.truncated"):
+                    counts["distractor"] += 1
+                else:
+                    counts[{1: "stuck", 2: "back_and_forth"}.get(len(set(places[-10:])), "other")] += 1
+                places = []
+    finally:
+        venv.close()
     return dict(counts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("agent", help="agent checkpoint directory or shipped name")
-    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--episodes", type=positive_int, default=200)
     args = parser.parse_args()
     print(json.dumps({"agent": args.agent, **episode_ends(args.agent, args.episodes)}))
 
