@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +460,7 @@ def train_agent(
     eval_episodes: int = 50,
     tensorboard: str | os.PathLike | None = None,
     progress: bool = True,
+    init: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train an agent for ``steps`` env steps (all sub-envs together) into checkpoint ``out``.
 
@@ -502,6 +503,8 @@ def train_agent(
         algorithm.num_timesteps = int(state.get("num_timesteps", 0))
         if (out / CURVE_FILE).exists():
             rows = read_curve(out / CURVE_FILE)
+    elif init is not None:
+        algorithm.policy.load_state_dict(_initial_policy(init, config).state_dict())
 
     def save(metrics: dict[str, Any] | None = None) -> None:
         trainer_state = {
@@ -514,7 +517,12 @@ def train_agent(
             out,
             trainer_state=trainer_state,
             metrics=metrics or {"num_timesteps": algorithm.num_timesteps, "done": False},
-            training_config={"steps": steps, "num_envs": num_envs, "seed": seed},
+            training_config={
+                "steps": steps,
+                "num_envs": num_envs,
+                "seed": seed,
+                **({} if init is None else {"init": str(init)}),
+            },
             extra_files={CURVE_FILE: curve_csv(rows)},
         )
 
@@ -541,6 +549,18 @@ def train_agent(
     metrics["num_timesteps"] = algorithm.num_timesteps
     save({**metrics, "done": True})
     return metrics
+
+
+def _initial_policy(init: str | os.PathLike, config: AgentConfig) -> torch.nn.Module:
+    """The policy of agent checkpoint ``init``, checked to be the network ``config`` builds."""
+    policy, init_config = load_agent(init)
+    same_network = {"imagination": None, "real_envs": 0, "algo_kwargs": {}}
+    if replace(init_config, **same_network) != replace(config, **same_network):
+        raise OcrlError(
+            f"{init} is another agent (its config differs in more than imagination, real_envs and algo_kwargs)"
+            " and cannot start this one"
+        )
+    return policy
 
 
 def load_agent(

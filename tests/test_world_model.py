@@ -434,7 +434,7 @@ def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_mode
 
 
 def test_oracle_world_model_learns_true_objects_and_teaches_a_ground_truth_agent(store, tmp_path, capsys):
-    from ocrl.agents import AgentConfig, GroundTruthObservation, train_agent
+    from ocrl.agents import AgentConfig, GroundTruthObservation, load_agent, train_agent
 
     out = tmp_path / "oracle"
     train_world_model(
@@ -463,6 +463,13 @@ def test_oracle_world_model_learns_true_objects_and_teaches_a_ground_truth_agent
     )
     metrics = train_agent(agent, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
     assert metrics["episodes"] == 2
+    # fine-tuned in the real env, it starts from the weights it learned in imagination
+    real = dataclasses.replace(agent, imagination=None)
+    train_agent(real, tmp_path / "real", steps=0, num_envs=4, eval_episodes=2, progress=False, init=tmp_path / "agent")
+    learned, started = (load_agent(tmp_path / name)[0].state_dict() for name in ("agent", "real"))
+    assert learned.keys() == started.keys() and all(torch.equal(learned[k], started[k]) for k in learned)
+    with pytest.raises(OcrlError, match="another agent"):
+        train_agent(dataclasses.replace(real, hidden_dim=32), tmp_path / "wider", steps=0, init=tmp_path / "agent")
     capsys.readouterr()
     assert main(["eval-world-model", str(out), "--data", str(store.path), "--horizons", "1", "--context", "2"]) == 0
     scores = json.loads(capsys.readouterr().out)

@@ -99,6 +99,12 @@ def add_train_agent(subparsers) -> None:
         type=non_negative_int,
         help="with --imagination: how many of the sub-envs act in the real env beside the imagined ones (default 0)",
     )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="agent checkpoint to start from (its weights; fresh optimizer and step count), e.g. an agent"
+        " trained with --imagination to fine-tune in the real env",
+    )
     add_tensorboard(parser)
 
 
@@ -130,6 +136,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             eval_episodes=args.eval_episodes,
             tensorboard=args.tensorboard,
+            init=args.init,
         )
 
     metrics = user_errors(train)
