@@ -179,6 +179,8 @@ def test_bad_agent_configs_give_clear_errors(tmp_path):
         AgentConfig(observation="slots", max_objects=6)
     with pytest.raises(ValueError, match="with imagination"):
         AgentConfig(real_envs=2)
+    with pytest.raises(ValueError, match="imagination_starts must be positive"):
+        AgentConfig(imagination_starts=0)
     with pytest.raises(OcrlError, match="dqn cannot train"):
         train_agent(
             AgentConfig(env_id="ocrl/ObjectGoalContinuous-v0", algo="dqn", observation="ground_truth"),

@@ -326,15 +326,21 @@ def test_imagined_box_actions_step_as_the_model_predicts():
     )
 
 
-def test_imagination_defaults_and_sb3_queries(world_model):
+def test_imagination_defaults_and_sb3_queries(world_model, monkeypatch):
     from stable_baselines3.common.monitor import Monitor
 
-    from ocrl.world_models import starts_from_env
+    from ocrl.world_models import imagination, starts_from_env
 
     model = load_world_model(world_model)
     starts = starts_from_env(model, count=2)  # the world model's own env and perception
     assert starts["slots"].shape == (2, model.config.num_slots, model.config.slot_dim)
     assert not np.array_equal(starts["slots"][0], starts["slots"][1])  # episodes seeded 0 and 1: two scenes
+    # encoded in batches, each batch seeded on: three starts in batches of two are three scenes
+    monkeypatch.setattr(imagination, "STARTS_BATCH", 2)
+    batched = starts_from_env(model, count=3)
+    assert batched["position"].shape[0] == 3
+    np.testing.assert_allclose(batched["position"][:2], starts["position"], atol=1e-5)
+    assert not np.allclose(batched["position"][2], batched["position"][1])
     venv = ImaginationVecEnv(model, starts, num_envs=3)
     assert venv.env_is_wrapped(Monitor) == [False, False, False] and venv.env_is_wrapped(Monitor, indices=[1]) == [
         False
@@ -397,6 +403,7 @@ def test_agent_trains_in_imagination_and_is_evaluated_in_the_real_env(world_mode
         perception=tiny_perception,
         env_kwargs=ENV_KWARGS,
         imagination=world_model,
+        imagination_starts=8,
         algo_kwargs={"n_steps": 16, "batch_size": 32},
     )
     metrics = train_agent(config, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
@@ -459,6 +466,7 @@ def test_oracle_world_model_learns_true_objects_and_teaches_a_ground_truth_agent
         observation="ground_truth",
         env_kwargs=ENV_KWARGS,
         imagination=str(out),
+        imagination_starts=8,
         algo_kwargs={"n_steps": 16, "batch_size": 32},
     )
     metrics = train_agent(agent, tmp_path / "agent", steps=64, num_envs=4, eval_episodes=2, progress=False)
@@ -760,6 +768,7 @@ def small_dream(**changes):
         "world_model": {"history": 4, "width": 32, "num_layers": 1, "num_heads": 2},
         "algo_kwargs": {"n_steps": 16, "batch_size": 64, "n_epochs": 2},
         "hidden_dim": 16,
+        "imagination_starts": 8,
     }
     return DreamConfig(**{**sizes, **changes})
 

@@ -60,6 +60,7 @@ class DreamConfig(JsonConfig):
     hidden_dim, symmetric: the agent's set policy (:class:`~ocrl.agents.AgentConfig`).
     real_envs: of the agent's :data:`AGENT_ENVS` sub-envs, how many act in the real env beside
         the imagined ones (Dyna-style); their steps count as real env steps.
+    imagination_starts: the agent's (:class:`~ocrl.agents.AgentConfig`).
     """
 
     config_name = "dream config"  # where a from_dict error is, not a field
@@ -78,6 +79,7 @@ class DreamConfig(JsonConfig):
     hidden_dim: int = 128
     symmetric: bool = False
     real_envs: int = 0
+    imagination_starts: int = 4096
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +136,7 @@ def dream(
         hidden_dim=config.hidden_dim,
         symmetric=config.symmetric,
         real_envs=config.real_envs,
+        imagination_starts=config.imagination_starts,
         imagination=str((out / "world-model").resolve()),
     )
     stores = []

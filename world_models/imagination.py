@@ -23,12 +23,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from ocrl.agents.ground_truth import GROUND_TRUTH, GroundTruthCodes, GroundTruthObservation, ground_truth_space
 from ocrl.device import default_device
 from ocrl.slots import CODE_KEYS, SlotCodes, observation_space
 from ocrl.world_models.model import SlotWorldModel, WorldModelOutput, action_space_of
+
+# first frames a perception model encodes at once for the start codes of imagined episodes
+STARTS_BATCH = 64
 
 
 def check_pairing(world_model: SlotWorldModel, perception: Any) -> None:
@@ -56,23 +59,35 @@ def starts_from_env(
     (the oracle world model's first codes are the env's true objects).
     """
     import ocrl.envs
-    from ocrl.wrappers import ObjectCentricObservation
+    from ocrl.wrappers import ObjectCentricVecEnv
 
     config = world_model.config
     env_id = env_id or config.env_id
     env_kwargs = config.env_kwargs if env_kwargs is None else env_kwargs
-    env = ocrl.envs.make(env_id, **env_kwargs)
     if (perception or config.perception) == GROUND_TRUTH:
         check_pairing(world_model, GroundTruthCodes(env_id, env_kwargs))
-        env = GroundTruthObservation(env)
-    else:
-        env = ObjectCentricObservation(env, model=perception or config.perception, device=world_model.device)
-        check_pairing(world_model, env.perception)
+        env = GroundTruthObservation(ocrl.envs.make(env_id, **env_kwargs))
+        try:
+            codes = [env.reset(seed=seed + index)[0] for index in range(count)]
+        finally:
+            env.close()
+        return {key: np.stack([code[key] for code in codes]) for key in CODE_KEYS}
+    # the perception model encodes the first frames in batches of STARTS_BATCH
+    batch = min(count, STARTS_BATCH)
+    venv = ObjectCentricVecEnv(
+        DummyVecEnv([lambda: ocrl.envs.make(env_id, **env_kwargs)] * batch),
+        model=perception or config.perception,
+        device=world_model.device,
+    )
+    check_pairing(world_model, venv.encoder.model)
+    parts = []
     try:
-        codes = [env.reset(seed=seed + index)[0] for index in range(count)]
+        for first in range(0, count, batch):
+            venv.seed(seed + first)  # sub-env i is reset with seed + first + i
+            parts.append(venv.reset())
     finally:
-        env.close()
-    return {key: np.stack([code[key] for code in codes]) for key in CODE_KEYS}
+        venv.close()
+    return {key: np.concatenate([part[key] for part in parts])[:count] for key in CODE_KEYS}
 
 
 def starts_from_cache(directory) -> dict[str, np.ndarray]:

@@ -125,6 +125,7 @@ def run_train_agent(args: argparse.Namespace) -> int:
             hidden_dim=args.hidden_dim,
             symmetric=args.symmetric,
             real_envs=args.real_envs,
+            imagination_starts=args.imagination_starts,
         )
         return train_agent(
             config,

@@ -114,7 +114,8 @@ def add_perception(parser: argparse.ArgumentParser) -> None:
 
 
 def add_policy_options(parser: argparse.ArgumentParser) -> None:
-    """The agent's set-policy options, shared by ``train-agent`` and ``dream``."""
+    """The agent's options shared by ``train-agent`` and ``dream``: its set policy, and where its
+    imagined episodes start."""
     parser.add_argument(
         "--hidden-dim", default=128, type=positive_int, help="width of the set extractor's MLPs (default 128)"
     )
@@ -122,6 +123,12 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "--symmetric",
         action="store_true",
         help="PPO on slots or ground truth: average the policy over the square's rotations and reflections (built-in tasks)",
+    )
+    parser.add_argument(
+        "--imagination-starts",
+        default=4096,
+        type=positive_int,
+        help="in imagination: real first frames (resets, no env steps) imagined episodes start from (default 4096)",
     )
 
 

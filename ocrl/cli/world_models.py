@@ -218,6 +218,7 @@ def run_dream(args: argparse.Namespace) -> int:
             hidden_dim=args.hidden_dim,
             symmetric=args.symmetric,
             real_envs=args.real_envs,
+            imagination_starts=args.imagination_starts,
             seed=args.seed,
         )
         return dream(config, args.out, device=args.device)
