@@ -90,9 +90,9 @@ class AgentConfig(JsonConfig):
         imagined ones (Dyna-style: every PPO update also sees real experience, and the states
         the world model never reaches).
     imagination_starts: how many real first frames (resets of the real env, encoded; no env
-        steps) imagined episodes start from. An oracle agent in one world model reached 0.91
-        held-out success with 4096 against 0.89 with 256 (two seeds; sampled actions 0.955
-        against 0.92-0.93): with few layouts it learns those (benchmarks/RESULTS.md). On slot
+        steps) imagined episodes start from. Oracle agents in one world model reached 0.896
+        held-out success with 4096 against 0.875 with 256 (three seeds; sampled actions 0.952
+        against 0.922): with few layouts they learn those (benchmarks/RESULTS.md). On slot
         codes the perception model encodes them first (Loci-s: about 15 frames/s on 2 busy CPU
         cores, so 4096 take minutes; pass fewer for short runs).
     max_objects: rows of the ground-truth oracle's set (default: the env's largest object count
