@@ -494,6 +494,7 @@ def train_agent(
     resume = (out / CONFIG_FILE).exists()
     if resume and read_checkpoint_config(out)[0] != config:
         raise OcrlError(f"{out} holds an agent of another config; pass another --out to start a new one")
+    initial = _initial_policy(init, config) if init is not None and not resume else None
     perception_device = None if device == "auto" else device
     if config.real_envs >= num_envs:
         raise OcrlError(f"real_envs {config.real_envs} leaves none of the {num_envs} sub-envs to imagination")
@@ -519,8 +520,8 @@ def train_agent(
         algorithm.num_timesteps = int(state.get("num_timesteps", 0))
         if (out / CURVE_FILE).exists():
             rows = read_curve(out / CURVE_FILE)
-    elif init is not None:
-        algorithm.policy.load_state_dict(_initial_policy(init, config).state_dict())
+    elif initial is not None:
+        algorithm.policy.load_state_dict(initial.state_dict())
 
     def save(metrics: dict[str, Any] | None = None) -> None:
         trainer_state = {

@@ -64,22 +64,20 @@ def starts_from_env(
     config = world_model.config
     env_id = env_id or config.env_id
     env_kwargs = config.env_kwargs if env_kwargs is None else env_kwargs
+    # first frames in batches of STARTS_BATCH sub-envs: a perception model encodes each batch at once
+    batch = min(count, STARTS_BATCH)
+
+    def make() -> gym.Env:
+        return ocrl.envs.make(env_id, **env_kwargs)
+
     if (perception or config.perception) == GROUND_TRUTH:
         check_pairing(world_model, GroundTruthCodes(env_id, env_kwargs))
-        env = GroundTruthObservation(ocrl.envs.make(env_id, **env_kwargs))
-        try:
-            codes = [env.reset(seed=seed + index)[0] for index in range(count)]
-        finally:
-            env.close()
-        return {key: np.stack([code[key] for code in codes]) for key in CODE_KEYS}
-    # the perception model encodes the first frames in batches of STARTS_BATCH
-    batch = min(count, STARTS_BATCH)
-    venv = ObjectCentricVecEnv(
-        DummyVecEnv([lambda: ocrl.envs.make(env_id, **env_kwargs)] * batch),
-        model=perception or config.perception,
-        device=world_model.device,
-    )
-    check_pairing(world_model, venv.encoder.model)
+        venv = DummyVecEnv([lambda: GroundTruthObservation(make())] * batch)
+    else:
+        venv = ObjectCentricVecEnv(
+            DummyVecEnv([make] * batch), model=perception or config.perception, device=world_model.device
+        )
+        check_pairing(world_model, venv.encoder.model)
     parts = []
     try:
         for first in range(0, count, batch):
